@@ -1,0 +1,1 @@
+"""What nova-core itself plugs in: its hooks and the ``local`` storage driver."""

@@ -1,0 +1,502 @@
+"""The click command tree. Commands import heavy modules inside their bodies, so
+``nova ls`` and ``nova --help`` never import pydantic, stevedore or any driver."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from nova_core import __version__
+from nova_core.cli.output import MASK, print_json, table
+from nova_core.errors import NovaError
+
+if TYPE_CHECKING:
+    from nova_core.engine.engine import Engine
+    from nova_core.novafile.loader import NovaFile
+    from nova_core.plugins import PluginRegistry
+    from nova_core.state.store import Store
+
+INSTANCE_KIND = click.Choice(["vm", "container"])
+
+
+class App:
+    """What commands share: built lazily so each command pays only for what it uses."""
+
+    def __init__(self, debug: bool) -> None:
+        self.debug = debug
+
+    @functools.cached_property
+    def nova_home(self) -> Path:
+        from nova_core.state.store import default_nova_home
+
+        return default_nova_home()
+
+    @functools.cached_property
+    def registry(self) -> PluginRegistry:
+        from nova_core.plugins import get_registry
+
+        return get_registry()
+
+    def store(self, readonly: bool = False) -> Store:
+        from nova_core.state.store import Store
+
+        return Store(self.nova_home, readonly=readonly)
+
+    @functools.cached_property
+    def engine(self) -> Engine:
+        from nova_core.drivers.base import DriverContext
+        from nova_core.engine.engine import Engine
+
+        context = DriverContext(nova_home=self.nova_home,
+                                progress=lambda message: click.echo(f"  {message}", err=True))
+        return Engine(self.store(), self.registry, context)
+
+    def novafile(self, file: str | None) -> NovaFile:
+        from nova_core.novafile.loader import find_novafile, load_novafile
+
+        loaded = load_novafile(find_novafile(file), self.registry)
+        return loaded
+
+    def lock(self, project: str) -> Any:
+        from nova_core.state.lock import project_lock
+
+        return project_lock(self.nova_home, project)
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+def file_option(flags: tuple[str, ...] = ("-f", "--file")) -> Callable[[Any], Any]:
+    """The -f FILE option shared by commands that read a NovaFile."""
+    return click.option(*flags, "file", metavar="FILE", default=None,
+                        help="NovaFile to use (default: NovaFile, NovaFile.toml or "
+                             "Boltfile.toml in the current folder).")
+
+
+def json_option() -> Callable[[Any], Any]:
+    """The --json flag."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
+
+class NovaGroup(click.Group):
+    """The top-level group: core commands, then commands that plugins add (pluggy)."""
+
+    def _plugin_commands(self, ctx: click.Context) -> dict[str, click.Command]:
+        cache = ctx.meta.setdefault("nova.plugin_commands", {})
+        if "loaded" not in cache:
+            from nova_core.plugins import get_registry
+
+            registry = get_registry()
+            found: dict[str, click.Command] = {}
+            for commands in registry.call_hook_safely("nova_cli_commands"):
+                for command in commands:
+                    if command.name in self.commands or command.name in found:
+                        registry.warn(f"a plugin command '{command.name}' clashes with an "
+                                      "existing command and is ignored")
+                        continue
+                    found[str(command.name)] = command
+            cache["commands"] = found
+            cache["loaded"] = True
+        return cache["commands"]
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*self.commands, *self._plugin_commands(ctx)])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.commands:
+            return self.commands[cmd_name]
+        return self._plugin_commands(ctx).get(cmd_name)
+
+
+@click.group(cls=NovaGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="nova",
+                      message="%(prog)s %(version)s")
+@click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Nova: virtual machines, capsules and networks from one NovaFile.
+
+    \b
+    Start with:  nova validate   nova plan   nova up   nova ls   nova down
+    Host report: nova doctor     Plugins:    nova plugins ls
+    """
+    ctx.obj = App(debug)
+
+
+# -- NovaFile ---------------------------------------------------------------------------------
+@cli.command()
+@file_option()
+@json_option()
+@pass_app
+def validate(app: App, file: str | None, as_json: bool) -> None:
+    """Check a NovaFile without touching the host or the state."""
+    from nova_core.errors import NovaFileError
+    from nova_core.novafile.loader import find_novafile, load_novafile
+
+    path = find_novafile(file)
+    try:
+        loaded = load_novafile(path, app.registry)
+    except NovaFileError as error:
+        if as_json:
+            print_json({"file": str(path), "valid": False, "errors": error.problems})
+            raise click.exceptions.Exit(1) from error
+        raise
+    if as_json:
+        print_json({"file": str(path), "valid": True, "project": loaded.project,
+                    "resources": sorted(loaded.specs), "notes": loaded.notes})
+        return
+    for note in loaded.notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(f"{path}: valid; {loaded.summary()}")
+
+
+@cli.command()
+@pass_app
+def schema(app: App) -> None:
+    """Print the JSON Schema of the NovaFile (for editor completion)."""
+    from nova_core.novafile.schema import novafile_schema
+
+    print_json(novafile_schema(app.registry))
+
+
+# -- plan / up / down ---------------------------------------------------------------------------
+def _secrets(specs: list[Any]) -> list[str]:
+    values: list[str] = []
+    for spec in specs:
+        if spec is None:
+            continue
+        values.extend(getattr(spec, "env", {}).values())
+        values.extend(v for k, v in getattr(spec, "registry_auth", {}).items()
+                      if k in ("password", "token"))
+    return values
+
+
+def _print_plan(plan: Any, as_json: bool) -> None:
+    from nova_core.cli.output import mask_secrets
+
+    secrets = _secrets([s.spec for s in plan.steps] + [s.recorded for s in plan.steps])
+    if as_json:
+        text = json.dumps({"project": plan.project, "steps": [s.as_json() for s in plan.steps],
+                           "kept": plan.kept, "counts": plan.counts()}, indent=2)
+        click.echo(mask_secrets(text, secrets))
+        return
+    symbols = {"create": "+", "update": "~", "replace": "±", "delete": "-", "unchanged": "="}
+    click.echo(f"project {plan.project}:")
+    for step in plan.steps:
+        click.echo(f"  {symbols[step.action]} {step.action:<9} {step.ref.key:<28} "
+                   f"[{step.driver}]  {step.reason}")
+        for detail in step.details:
+            body = mask_secrets(detail.body, secrets)
+            click.echo(f"      {detail.title}:")
+            for line in body.splitlines():
+                click.echo(f"        {line}")
+    for key in plan.kept:
+        click.echo(f"  = keep      {key:<28} volume data is kept (nova down --volumes removes it)")
+    counts = plan.counts()
+    summary = ", ".join(f"{n} to {a}" if a != "unchanged" else f"{n} unchanged"
+                        for a, n in counts.items())
+    click.echo(f"plan: {summary or 'nothing declared'}")
+
+
+@cli.command()
+@file_option()
+@json_option()
+@click.argument("names", nargs=-1)
+@pass_app
+def plan(app: App, file: str | None, as_json: bool, names: tuple[str, ...]) -> None:
+    """Show what `nova up` would do, and how each driver would do it."""
+    loaded = app.novafile(file)
+    _print_plan(app.engine.plan(loaded, list(names) or None), as_json)
+
+
+class _LineReporter:
+    """Prints one line per step; a spinner while a step runs on a terminal."""
+
+    def __init__(self) -> None:
+        self._status: Any = None
+
+    def step_started(self, step: Any, index: int, total: int) -> None:
+        verb = {"create": "creating", "update": "updating", "replace": "replacing",
+                "delete": "removing"}[step.action]
+        self._line = f"[{index}/{total}] {verb} {step.ref.key}"
+        if sys.stdout.isatty():
+            from rich.console import Console
+
+            self._status = Console().status(self._line + " ...")
+            self._status.start()
+
+    def _end(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+
+    def step_finished(self, step: Any, seconds: float) -> None:
+        self._end()
+        click.echo(f"{self._line}: done ({seconds:.2f}s)")
+
+    def step_failed(self, step: Any, error: str) -> None:
+        self._end()
+        click.echo(f"{self._line}: failed")
+
+
+@cli.command()
+@file_option()
+@click.argument("names", nargs=-1)
+@pass_app
+def up(app: App, file: str | None, names: tuple[str, ...]) -> None:
+    """Create and start what the NovaFile declares (or only NAMES and what they need)."""
+    loaded = app.novafile(file)
+    for note in loaded.notes:
+        click.echo(f"note: {note}", err=True)
+    with app.lock(loaded.project):
+        plan = app.engine.plan(loaded, list(names) or None, render=False)
+        if not plan.changes:
+            click.echo(f"project {loaded.project}: up to date ({len(plan.steps)} unchanged)")
+            return
+        report = app.engine.apply(plan, _LineReporter())
+    click.echo(f"project {loaded.project}: {len(report.applied)} change"
+               f"{'s' if len(report.applied) != 1 else ''} applied in {report.seconds:.2f}s")
+
+
+def _project_for_down(app: App, file: str | None, project: str | None) -> str:
+    if project:
+        return project
+    return app.novafile(file).project
+
+
+@cli.command()
+@file_option()
+@click.option("-p", "--project", default=None, help="Project to take down (default: the NovaFile's).")
+@click.option("--volumes", is_flag=True, help="Also remove named volumes and their data.")
+@click.argument("names", nargs=-1)
+@pass_app
+def down(app: App, file: str | None, project: str | None, volumes: bool,
+         names: tuple[str, ...]) -> None:
+    """Stop and remove what `nova up` made, in reverse order."""
+    name = _project_for_down(app, file, project)
+    with app.lock(name):
+        plan = app.engine.down_plan(name, list(names) or None, remove_volumes=volumes)
+        if not plan.changes:
+            click.echo(f"project {name}: nothing to remove")
+        else:
+            report = app.engine.apply(plan, _LineReporter())
+            click.echo(f"project {name}: {len(report.applied)} removed in {report.seconds:.2f}s")
+    for key in plan.kept:
+        click.echo(f"kept {key} (its data stays; nova down --volumes removes it)")
+
+
+# -- listing ------------------------------------------------------------------------------------
+@cli.command("ls")
+@json_option()
+@click.option("-p", "--project", default=None, help="Only this project.")
+@pass_app
+def list_instances(app: App, as_json: bool, project: str | None) -> None:
+    """List every VM and capsule Nova has recorded, with its state."""
+    store = app.store(readonly=True)
+    rows = store.resources(project, kinds=("vm", "container"))
+    if as_json:
+        print_json([{"project": r.project, "kind": r.kind, "name": r.name, "driver": r.driver,
+                     "state": r.state, "detail": r.detail, "data": r.data_dict()} for r in rows])
+        return
+    if not rows:
+        click.echo("no instances (nova up creates the ones in your NovaFile)")
+        return
+    click.echo(table(["PROJECT", "KIND", "NAME", "DRIVER", "STATE", "DETAIL"],
+                     [(r.project, r.kind, r.name, r.driver, r.state, r.detail) for r in rows]))
+
+
+@cli.group()
+def net() -> None:
+    """Networks."""
+
+
+@net.command("ls")
+@json_option()
+@click.option("-p", "--project", default=None, help="Only this project.")
+@pass_app
+def net_ls(app: App, as_json: bool, project: str | None) -> None:
+    """List the networks Nova has recorded."""
+    store = app.store(readonly=True)
+    rows = store.resources(project, kinds=("network",))
+    items = []
+    for row in rows:
+        spec = row.spec_dict()
+        items.append({"project": row.project, "name": row.name, "driver": row.driver,
+                      "type": spec.get("type"), "state": row.state,
+                      "subnet": row.data_dict().get("subnet") or spec.get("subnet"),
+                      "attached": store.attached_to(row.project, row.name)})
+    if as_json:
+        print_json(items)
+        return
+    if not items:
+        click.echo("no networks")
+        return
+    click.echo(table(["PROJECT", "NAME", "DRIVER", "TYPE", "STATE", "SUBNET", "ATTACHED"],
+                     [(i["project"], i["name"], i["driver"], i["type"], i["state"],
+                       i["subnet"] or "-", len(i["attached"])) for i in items]))
+
+
+# -- single instances ---------------------------------------------------------------------------
+def _resolve_project(app: App, kind: str, name: str, file: str | None,
+                     project: str | None) -> str:
+    """The project of instance ``kind.name``: -p, else the NovaFile here, else the only one."""
+    if project:
+        return project
+    from nova_core.novafile.loader import NOVAFILE_NAMES
+
+    if file or any(Path(n).is_file() for n in NOVAFILE_NAMES):
+        return app.novafile(file).project
+    projects = app.store(readonly=True).projects_with(kind, name)
+    if len(projects) == 1:
+        return projects[0]
+    if not projects:
+        raise NovaError(f"no {kind} named '{name}' is recorded",
+                        hint="nova ls lists what exists; run it from the NovaFile's folder "
+                             "or pass -f FILE")
+    raise NovaError(f"{kind} '{name}' exists in several projects: {', '.join(projects)}",
+                    hint="choose one with -p PROJECT")
+
+
+def instance_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """KIND NAME arguments plus --file and --project."""
+    func = click.option("-p", "--project", default=None, help="Project of the instance.")(func)
+    func = file_option(("--file",))(func)
+    func = click.argument("name")(func)
+    return click.argument("kind", type=INSTANCE_KIND)(func)
+
+
+@cli.command()
+@file_option()
+@click.argument("kind", type=INSTANCE_KIND)
+@click.argument("name")
+@pass_app
+def run(app: App, file: str | None, kind: str, name: str) -> None:
+    """Create (if needed) and start one instance from the NovaFile, with what it needs."""
+    loaded = app.novafile(file)
+    key = f"{kind}.{name}"
+    if key not in loaded.specs:
+        declared = sorted(k for k in loaded.specs if k.startswith(kind + "."))
+        raise NovaError(f"{key} is not declared in {loaded.path}",
+                        hint=f"declared {kind}s: {', '.join(declared) or 'none'}")
+    with app.lock(loaded.project):
+        plan = app.engine.plan(loaded, [key], render=False)
+        if plan.changes:
+            app.engine.apply(plan, _LineReporter())
+    row = app.engine.store.resource(loaded.project, kind, name)
+    click.echo(f"{key}: {row.state if row else 'unknown'}")
+
+
+@cli.command()
+@instance_options
+@click.option("-t", "--timeout", type=float, default=None,
+              help="Seconds before the stop is forced (default: the instance's stop_timeout).")
+@pass_app
+def stop(app: App, kind: str, name: str, file: str | None, project: str | None,
+         timeout: float | None) -> None:
+    """Stop a running instance (gracefully, then forced after the timeout)."""
+    from nova_core.drivers.models import ResourceKind
+
+    project = _resolve_project(app, kind, name, file, project)
+    with app.lock(project):
+        spec, driver = app.engine.instance(project, ResourceKind(kind), name)
+        status = app.engine.stop_instance(spec, driver, timeout)
+    click.echo(f"{kind}.{name}: {status.state.value}")
+
+
+@cli.command()
+@instance_options
+@click.option("--name", "snapshot_name", default=None, help="Snapshot name (default: a timestamp).")
+@pass_app
+def snapshot(app: App, kind: str, name: str, file: str | None, project: str | None,
+             snapshot_name: str | None) -> None:
+    """Take a snapshot of an instance."""
+    import time
+
+    from nova_core.drivers.models import ResourceKind
+
+    project = _resolve_project(app, kind, name, file, project)
+    snapshot_name = snapshot_name or time.strftime("snap-%Y%m%d-%H%M%S")
+    with app.lock(project):
+        spec, driver = app.engine.instance(project, ResourceKind(kind), name)
+        info = app.engine.snapshot_instance(spec, driver, snapshot_name)
+    click.echo(f"{kind}.{name}: snapshot '{info.name}' taken")
+
+
+@cli.command()
+@instance_options
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new output.")
+@click.option("-n", "--tail", type=click.IntRange(min=0), default=None,
+              help="Only the last N lines.")
+@click.option("-t", "--timestamps", is_flag=True, help="Show when each line was written.")
+@pass_app
+def logs(app: App, kind: str, name: str, file: str | None, project: str | None, follow: bool,
+         tail: int | None, timestamps: bool) -> None:
+    """Print an instance's output (capsule stdout/stderr, VM serial console)."""
+    from nova_core.drivers.models import LogRequest, ResourceKind
+
+    project = _resolve_project(app, kind, name, file, project)
+    spec, driver = app.engine.instance(project, ResourceKind(kind), name)
+    request = LogRequest(tail=tail, follow=follow, timestamps=timestamps)
+    for line in driver.logs(spec, request):
+        prefix = f"{line.timestamp.isoformat()} " if timestamps and line.timestamp else ""
+        click.echo(f"{prefix}{line.text}", err=line.stream == "stderr")
+
+
+# -- plugins / doctor ----------------------------------------------------------------------------
+@cli.group()
+def plugins() -> None:
+    """Installed plugin distributions."""
+
+
+@plugins.command("ls")
+@json_option()
+@pass_app
+def plugins_ls(app: App, as_json: bool) -> None:
+    """List plugin distributions, their drivers and hooks, and whether they load."""
+    dists = app.registry.distributions(load=True)
+    if as_json:
+        print_json([d.as_json() for d in dists])
+        return
+    rows = []
+    for dist in dists:
+        state = "disabled" if dist.disabled else ("ok" if dist.loaded else "error")
+        rows.append((dist.name, dist.version, state, ", ".join(dist.drivers) or "-",
+                     ", ".join(dist.hooks) or "-"))
+    click.echo(table(["DISTRIBUTION", "VERSION", "STATUS", "DRIVERS", "HOOKS"], rows))
+    for dist in dists:
+        for error in dist.errors:
+            click.echo(f"{dist.name}: {error}", err=True)
+
+
+@cli.command()
+@json_option()
+@pass_app
+def doctor(app: App, as_json: bool) -> None:
+    """Report what this host can do: cgroups, KVM, the programs plugins need."""
+    results = [r for batch in app.registry.call_hook_safely("nova_doctor_checks") for r in batch]
+    results.sort(key=lambda r: (r.category != "host", r.category))
+    if as_json:
+        print_json([{"category": r.category, "name": r.name, "status": r.status,
+                     "summary": r.summary, "hint": r.hint} for r in results])
+    else:
+        marks = {"ok": "ok", "warn": "WARN", "fail": "FAIL", "info": "info"}
+        click.echo(table(["CATEGORY", "CHECK", "STATUS", "FINDING"],
+                         [(r.category, r.name, marks[r.status], r.summary) for r in results]))
+        hints = [r for r in results if r.hint and r.status in ("warn", "fail")]
+        if hints:
+            click.echo("\nwhat to do:")
+            for r in hints:
+                click.echo(f"  {r.category} / {r.name}: {r.hint}")
+    failed = sum(r.status == "fail" for r in results)
+    if not as_json:
+        click.echo(f"\n{len(results)} checks: {failed} failed, "
+                   f"{sum(r.status == 'warn' for r in results)} with warnings")
+
+
+__all__ = ["MASK", "cli"]

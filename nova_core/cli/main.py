@@ -1,0 +1,61 @@
+"""Entry point of the ``nova`` console script: error handling and exit codes.
+
+Exit status: 0 success, 1 an error (the message says what to do), 2 a usage
+error. Tracebacks only with ``--debug``. ``nova --version`` answers before
+anything else is imported.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``nova`` with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args in (["--version"], ["-V"]):
+        from nova_core import __version__
+
+        sys.stdout.write(f"nova {__version__}\n")
+        return 0
+    debug = "--debug" in args
+    import click
+
+    from nova_core.cli.app import cli
+    from nova_core.errors import NovaError
+
+    try:
+        result = cli.main(args=args, prog_name="nova", standalone_mode=False)
+        return int(result or 0)
+    except click.exceptions.Exit as done:
+        return int(done.exit_code)
+    except click.exceptions.Abort:
+        sys.stderr.write("aborted\n")
+        return 1
+    except click.ClickException as error:
+        error.show()
+        return int(error.exit_code)
+    except NovaError as error:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        sys.stderr.write(f"error: {error}\n")
+        return error.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return 1
+    except Exception as error:  # noqa: BLE001 - the last line of defence for users
+        if debug:
+            raise
+        sys.stderr.write(
+            f"error: unexpected {type(error).__name__}: {error}\n"
+            "  hint: run the same command with --debug to see the traceback, and report it\n"
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

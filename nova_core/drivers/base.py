@@ -1,0 +1,53 @@
+"""What every driver is: a named class built with a context, declaring its options."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from nova_core.drivers.models import DriverKind, DriverOptions, RenderedDetail, ResourceSpec
+
+
+@dataclass(frozen=True)
+class DriverContext:
+    """What the core hands a driver when it builds it.
+
+    :param nova_home: the folder for Nova's state; a driver keeps its own files
+        under ``nova_home / <driver name>``.
+    :param progress: call with a short message to report progress of long work.
+    """
+
+    nova_home: Path
+    progress: Callable[[str], None] = field(default=lambda message: None)
+
+    def driver_dir(self, driver_name: str) -> Path:
+        """Return (and create) the folder a driver keeps its files in."""
+        path = self.nova_home / "drivers" / driver_name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+class Driver(abc.ABC):
+    """Base of all driver kinds.
+
+    The driver's name is its entry-point name: the core passes it in, the class
+    never hard-codes it. ``options_model`` is the pydantic model of the keys this
+    driver adds to its NovaFile tables.
+    """
+
+    kind: ClassVar[DriverKind]
+    options_model: ClassVar[type[DriverOptions]] = DriverOptions
+
+    def __init__(self, name: str, context: DriverContext) -> None:
+        self.name = name
+        self.context = context
+
+    @abc.abstractmethod
+    def render(self, spec: ResourceSpec) -> list[RenderedDetail]:
+        """Describe concretely what applying ``spec`` will do (argv, XML, rules...).
+
+        Must not touch the host: ``nova plan`` calls it as a dry run.
+        """

@@ -1,0 +1,72 @@
+"""The compute driver kind: runs VMs or containers."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from typing import ClassVar
+
+from nova_core.drivers.base import Driver
+from nova_core.drivers.models import (
+    DriverKind,
+    InstanceSpec,
+    LogLine,
+    LogRequest,
+    ResourceKind,
+    ResourceStatus,
+    SnapshotInfo,
+)
+
+
+class ComputeDriver(Driver):
+    """Runs instances: VMs, containers, or both (``instance_kinds``).
+
+    ``updatable_fields`` lists spec fields the driver can change on a live
+    instance through :meth:`update`; a change to any other field makes the engine
+    replace the instance (delete, then create).
+    """
+
+    kind: ClassVar[DriverKind] = DriverKind.COMPUTE
+    instance_kinds: ClassVar[frozenset[ResourceKind]]
+    updatable_fields: ClassVar[frozenset[str]] = frozenset()
+
+    @abc.abstractmethod
+    def create(self, spec: InstanceSpec) -> ResourceStatus:
+        """Make the instance (disks, bundle, definition) without starting it.
+
+        Must be safe to call again after a crash part way through.
+        """
+
+    @abc.abstractmethod
+    def start(self, spec: InstanceSpec) -> ResourceStatus:
+        """Start a created or stopped instance; return its state (``running``)."""
+
+    @abc.abstractmethod
+    def stop(self, spec: InstanceSpec, timeout: float) -> ResourceStatus:
+        """Stop the instance gracefully, forcing it after ``timeout`` seconds."""
+
+    @abc.abstractmethod
+    def delete(self, spec: InstanceSpec) -> None:
+        """Remove the instance and everything the driver made for it."""
+
+    @abc.abstractmethod
+    def status(self, spec: InstanceSpec) -> ResourceStatus:
+        """Observe the instance on the host (``missing`` when it is not there)."""
+
+    @abc.abstractmethod
+    def snapshot(self, spec: InstanceSpec, name: str) -> SnapshotInfo:
+        """Take a snapshot named ``name``."""
+
+    @abc.abstractmethod
+    def logs(self, spec: InstanceSpec, request: LogRequest) -> Iterator[LogLine]:
+        """Yield the instance's output lines; with ``request.follow``, keep yielding."""
+
+    def update(self, spec: InstanceSpec, changed: frozenset[str]) -> ResourceStatus:
+        """Apply changes to ``changed`` fields in place.
+
+        Called only when ``changed`` is a subset of ``updatable_fields``. This
+        default restarts the instance with the new spec, which suits fields that
+        take effect at start.
+        """
+        self.stop(spec, spec.stop_timeout)
+        return self.start(spec)

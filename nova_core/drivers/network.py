@@ -1,0 +1,46 @@
+"""The network driver kind: makes networks and plugs instances into them."""
+
+from __future__ import annotations
+
+import abc
+from typing import ClassVar
+
+from nova_core.drivers.base import Driver
+from nova_core.drivers.models import (
+    DriverKind,
+    InstanceSpec,
+    NetworkAttachment,
+    NetworkSpec,
+    ResourceStatus,
+)
+
+
+class NetworkDriver(Driver):
+    """Makes networks and attaches instances to them.
+
+    The engine attaches an instance before the compute driver creates it, so the
+    attachment (a tap name, a network namespace path) can be handed to the
+    compute driver in ``InstanceSpec.attachments``.
+    """
+
+    kind: ClassVar[DriverKind] = DriverKind.NETWORK
+
+    @abc.abstractmethod
+    def create(self, spec: NetworkSpec) -> ResourceStatus:
+        """Make the network; safe to call again after a crash part way through."""
+
+    @abc.abstractmethod
+    def delete(self, spec: NetworkSpec) -> None:
+        """Remove the network and everything the driver made for it."""
+
+    @abc.abstractmethod
+    def status(self, spec: NetworkSpec) -> ResourceStatus:
+        """Observe the network on the host."""
+
+    @abc.abstractmethod
+    def attach(self, spec: NetworkSpec, instance: InstanceSpec) -> NetworkAttachment:
+        """Make what ``instance`` needs to join the network and describe it."""
+
+    @abc.abstractmethod
+    def detach(self, spec: NetworkSpec, attachment: NetworkAttachment) -> None:
+        """Undo :meth:`attach`; releases the instance's address."""

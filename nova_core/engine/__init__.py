@@ -1,0 +1,1 @@
+"""Plan (desired vs. recorded vs. observed) and apply (through drivers, in dependency order)."""

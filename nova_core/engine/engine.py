@@ -1,0 +1,503 @@
+"""The engine: builds plans and applies them through drivers, recording every step."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from nova_core.drivers.base import Driver, DriverContext
+from nova_core.drivers.compute import ComputeDriver
+from nova_core.drivers.device import DeviceDriver
+from nova_core.drivers.models import (
+    DRIVER_KIND_OF,
+    DeviceAssignment,
+    DeviceClaim,
+    DriverKind,
+    InstanceSpec,
+    Lifecycle,
+    NetworkAttachment,
+    NetworkSpec,
+    ResourceKind,
+    ResourceRef,
+    ResourceSpec,
+    ResourceStatus,
+    VmSpec,
+)
+from nova_core.drivers.network import NetworkDriver
+from nova_core.drivers.storage import StorageDriver
+from nova_core.engine import specs as specmod
+from nova_core.engine.plan import (
+    INSTANCE_KINDS,
+    Plan,
+    PlanStep,
+    closure,
+    dependency_order,
+    observe_step,
+)
+from nova_core.errors import ApplyError, DriverNotFound, NovaError
+from nova_core.hooktypes import LifecycleEvent
+from nova_core.novafile.loader import NovaFile
+from nova_core.plugins import PluginRegistry
+from nova_core.state.store import ResourceRow, Store
+
+
+LIFECYCLE_ACTIONS = frozenset({"create", "start", "stop", "delete"})
+
+
+class Reporter(Protocol):
+    """Receives progress while a plan is applied (the CLI prints it)."""
+
+    def step_started(self, step: PlanStep, index: int, total: int) -> None:
+        """A step begins."""
+
+    def step_finished(self, step: PlanStep, seconds: float) -> None:
+        """A step succeeded."""
+
+    def step_failed(self, step: PlanStep, error: str) -> None:
+        """A step failed (the apply stops)."""
+
+
+class SilentReporter:
+    """A reporter that says nothing."""
+
+    def step_started(self, step: PlanStep, index: int, total: int) -> None:
+        """Ignore."""
+
+    def step_finished(self, step: PlanStep, seconds: float) -> None:
+        """Ignore."""
+
+    def step_failed(self, step: PlanStep, error: str) -> None:
+        """Ignore."""
+
+
+@dataclass
+class ApplyReport:
+    """What an apply did."""
+
+    applied: list[PlanStep] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def device_driver_for(address: str) -> str:
+    """Which device driver serves a ``devices`` entry: ``vf:...`` -> sriov, else vfio."""
+    return "sriov" if address.startswith("vf:") else "vfio"
+
+
+class Engine:
+    """Plans and applies changes for projects recorded in one :class:`Store`.
+
+    :param store: the state database.
+    :param registry: where drivers and hooks come from.
+    :param context: handed to every driver the engine builds.
+    """
+
+    def __init__(self, store: Store, registry: PluginRegistry, context: DriverContext) -> None:
+        self.store = store
+        self.registry = registry
+        self.context = context
+
+    # -- drivers -----------------------------------------------------------------
+    def driver(self, kind: DriverKind, name: str) -> Driver:
+        """The driver instance for ``kind``/``name`` (errors name the package to install)."""
+        return self.registry.driver(kind, name, self.context)
+
+    def driver_for(self, spec: ResourceSpec) -> Driver:
+        """The driver that serves ``spec``."""
+        return self.driver(DRIVER_KIND_OF[spec.ref.kind], spec.driver)
+
+    def recorded_spec(self, row: ResourceRow) -> ResourceSpec:
+        """Rebuild the spec recorded in ``row``."""
+        kind = ResourceKind(row.kind)
+        cls = self.registry.try_driver_class(DRIVER_KIND_OF[kind], row.driver)
+        return specmod.spec_from_json(kind, row.spec, cls.options_model if cls else None)
+
+    # -- plan --------------------------------------------------------------------
+    def plan(self, novafile: NovaFile, names: list[str] | None = None, observe: bool = True,
+             render: bool = True) -> Plan:
+        """Compare the NovaFile with what is recorded (and, with ``observe``, on the host)."""
+        project = novafile.project
+        desired = novafile.specs
+        selected = closure(desired, names) if names else set(desired)
+        recorded = {row.key: row for row in self.store.resources(project)}
+        steps: list[PlanStep] = []
+        for key in dependency_order(desired):
+            if key not in selected:
+                continue
+            spec = desired[key]
+            steps.append(self._plan_one(spec, recorded.get(key), observe))
+        if not names:
+            steps.extend(self._deletions(
+                [row for key, row in recorded.items() if key not in desired],
+                "no longer in the NovaFile"))
+        plan = Plan(project=project, steps=steps)
+        if render:
+            self.render(plan)
+        return plan
+
+    def _plan_one(self, spec: ResourceSpec, row: ResourceRow | None, observe: bool) -> PlanStep:
+        step = PlanStep(ref=spec.ref, action="create", reason="not created yet",
+                        driver=spec.driver, spec=spec)
+        if row is None:
+            return step
+        step.recorded = self._try_recorded(row)
+        if row.state in (Lifecycle.CREATING.value, Lifecycle.FAILED.value):
+            step.resume = True
+            step.reason = (f"the last attempt did not finish (recorded as {row.state}"
+                           f"{': ' + row.detail if row.detail else ''}); it will be cleaned up "
+                           "and made again")
+            return step
+        if step.recorded is not None and step.recorded.driver != spec.driver:
+            step.action = "replace"
+            step.changed = frozenset({"driver"})
+            step.reason = f"driver changed from {step.recorded.driver} to {spec.driver}"
+            return step
+        if row.spec_hash != specmod.spec_hash(spec):
+            changed = (specmod.changed_fields(step.recorded, spec) if step.recorded
+                       else frozenset({"spec"}))
+            step.changed = changed
+            driver = self._try_driver(spec)
+            updatable = getattr(driver, "updatable_fields", frozenset())
+            step.action = "update" if changed and changed <= updatable else "replace"
+            step.reason = "changed: " + ", ".join(sorted(changed))
+            return step
+        step.action, step.reason = "unchanged", "matches the NovaFile"
+        if observe:
+            driver = self._try_driver(spec)
+            if driver is not None:
+                observe_step(step, driver)
+        return step
+
+    def _try_driver(self, spec: ResourceSpec) -> Driver | None:
+        try:
+            return self.driver_for(spec)
+        except DriverNotFound:
+            return None
+
+    def _try_recorded(self, row: ResourceRow) -> ResourceSpec | None:
+        try:
+            return self.recorded_spec(row)
+        except ValueError:
+            return None
+
+    def _deletions(self, rows: list[ResourceRow], reason: str) -> list[PlanStep]:
+        specs = {}
+        for row in rows:
+            spec = self._try_recorded(row)
+            if spec is None:
+                raise NovaError(f"the recorded spec of {row.key} cannot be read back",
+                                hint="upgrade the plugin that made it")
+            specs[row.key] = spec
+        ordered = list(reversed(dependency_order(specs)))
+        return [PlanStep(ref=specs[k].ref, action="delete", reason=reason,
+                         driver=specs[k].driver, recorded=specs[k]) for k in ordered]
+
+    def render(self, plan: Plan) -> None:
+        """Fill each changing step's details through the ``nova_plan_render`` hook."""
+        for step in plan.changes:
+            if step.action == "delete":
+                continue
+            driver = self._try_driver(step.spec) if step.spec else None
+            for details in self.registry.call_hook_safely("nova_plan_render", step=step,
+                                                          driver=driver):
+                step.details.extend(details)
+
+    def down_plan(self, project: str, names: list[str] | None = None,
+                  remove_volumes: bool = False) -> Plan:
+        """Steps that remove what ``nova up`` made for ``project`` (reverse order)."""
+        rows = self.store.resources(project)
+        if names:
+            keys = {f"{r.kind}.{r.name}" for r in rows}
+            wanted = set()
+            for name in names:
+                matches = [k for k in keys if k == name or k.split(".", 1)[1] == name]
+                if not matches:
+                    raise NovaError(f"nothing named '{name}' is recorded for project '{project}'",
+                                    hint="nova ls shows what is recorded")
+                wanted.update(matches)
+            rows = [r for r in rows if r.key in wanted]
+        kept = [r.key for r in rows if r.kind == ResourceKind.VOLUME.value and not remove_volumes]
+        rows = [r for r in rows if r.key not in kept]
+        return Plan(project=project, steps=self._deletions(rows, "nova down"), kept=kept)
+
+    # -- apply -------------------------------------------------------------------
+    def check_drivers(self, plan: Plan) -> None:
+        """Fail before touching anything if a driver a change needs is absent or broken."""
+        problems = []
+        for step in plan.changes:
+            spec = step.spec or step.recorded
+            assert spec is not None
+            try:
+                self.driver_for(spec)
+                if isinstance(spec, VmSpec):
+                    for name in self._device_drivers(spec):
+                        self.driver(DriverKind.DEVICE, name)
+            except NovaError as error:
+                message = f"{step.ref.key}: {error.message}"
+                if error.hint:
+                    message += f" ({error.hint})"
+                if message not in problems:
+                    problems.append(message)
+        if problems:
+            raise NovaError("cannot apply:\n" + "\n".join(f"  - {p}" for p in problems))
+
+    def apply(self, plan: Plan, reporter: Reporter | None = None) -> ApplyReport:
+        """Run the plan's changes in order; stop at the first failure with :class:`ApplyError`."""
+        reporter = reporter or SilentReporter()
+        self.check_drivers(plan)
+        report = ApplyReport()
+        started = time.monotonic()
+        changes = plan.changes
+        for index, step in enumerate(changes, start=1):
+            reporter.step_started(step, index, len(changes))
+            begun = time.monotonic()
+            try:
+                self._apply_step(step)
+            except Exception as error:
+                message = error.message if isinstance(error, NovaError) else (
+                    f"{type(error).__name__}: {error}")
+                reporter.step_failed(step, message)
+                raise ApplyError(
+                    f"{step.ref.key}: {step.action} failed: {message}\n"
+                    f"{index - 1} of {len(changes)} steps were applied and recorded.",
+                    hint="fix the cause and run `nova up` again: it continues from here",
+                ) from error
+            reporter.step_finished(step, time.monotonic() - begun)
+            report.applied.append(step)
+        report.seconds = time.monotonic() - started
+        return report
+
+    def _apply_step(self, step: PlanStep) -> None:
+        if step.action == "delete":
+            assert step.recorded is not None
+            self._remove(step.recorded)
+        elif step.action == "replace":
+            assert step.spec is not None
+            if step.recorded is not None:
+                self._remove(step.recorded)
+            self._make(step.spec)
+        elif step.action == "create":
+            assert step.spec is not None
+            if step.resume:
+                self._remove(step.recorded or step.spec, quiet=True)
+            self._make(step.spec)
+        elif step.action == "update":
+            assert step.spec is not None
+            self._update(step)
+
+    # -- the driver calls, each recorded -------------------------------------------
+    def _event(self, phase: str, action: str, spec: ResourceSpec, error: str | None = None) -> None:
+        if action not in LIFECYCLE_ACTIONS:
+            return
+        event = LifecycleEvent(phase=phase, action=action, project=spec.ref.project,  # type: ignore[arg-type]
+                               kind=spec.ref.kind.value, name=spec.ref.name, driver=spec.driver,
+                               error=error)
+        self.registry.call_hook_safely("nova_lifecycle_event", event=event)
+
+    def _call(self, action: str, spec: ResourceSpec, call: Callable[[], Any],
+              record: Callable[[Any], tuple[str, str, dict[str, str] | None]] | None = None) -> Any:
+        """Run one driver call: lifecycle events, the operations log, and the state update.
+
+        ``record`` maps the call's result to (state, detail, data) written in the same
+        transaction that closes the operation.
+        """
+        ref = spec.ref
+        op = self.store.begin_operation(ref.project, ref.kind.value, ref.name, action)
+        self._event("before", action, spec)
+        try:
+            result = call()
+        except Exception as error:
+            message = error.message if isinstance(error, NovaError) else str(error)
+            with self.store.transaction() as conn:
+                self.store.end_operation(conn, op, "failed", message)
+                if self.store.resource(ref.project, ref.kind.value, ref.name) is not None:
+                    self.store.set_state(conn, ref.project, ref.kind.value, ref.name,
+                                         Lifecycle.FAILED.value, f"{action} failed: {message}")
+            self._event("failed", action, spec, message)
+            raise
+        with self.store.transaction() as conn:
+            self.store.end_operation(conn, op, "ok")
+            if record is not None:
+                state, detail, data = record(result)
+                self.store.set_state(conn, ref.project, ref.kind.value, ref.name, state, detail,
+                                     data)
+        self._event("after", action, spec)
+        return result
+
+    @staticmethod
+    def _status_record(status: ResourceStatus) -> tuple[str, str, dict[str, str]]:
+        return status.state.value, status.detail, status.data
+
+    def _record_intent(self, spec: ResourceSpec) -> None:
+        with self.store.transaction() as conn:
+            self.store.put_resource(conn, spec.ref.project, spec.ref.kind.value, spec.ref.name,
+                                    spec.driver, specmod.spec_json(spec), specmod.spec_hash(spec),
+                                    Lifecycle.CREATING.value)
+
+    def _make(self, spec: ResourceSpec) -> None:
+        self._record_intent(spec)
+        driver = self.driver_for(spec)
+        if isinstance(driver, ComputeDriver):
+            assert isinstance(spec, InstanceSpec)
+            spec = self._prepare_instance(spec)
+            self._call("create", spec, lambda: driver.create(spec), self._status_record)
+            self._call("start", spec, lambda: driver.start(spec), self._status_record)
+        else:
+            assert isinstance(driver, NetworkDriver | StorageDriver)
+            self._call("create", spec, lambda: driver.create(spec),  # type: ignore[arg-type]
+                       self._status_record)
+
+    def _prepare_instance(self, spec: InstanceSpec) -> InstanceSpec:
+        """Reserve devices and attach networks, recording each before it is made."""
+        ref = spec.ref
+        assigned: list[DeviceAssignment] = []
+        if isinstance(spec, VmSpec):
+            for name in self._device_drivers(spec):
+                device_driver = self.driver(DriverKind.DEVICE, name)
+                assert isinstance(device_driver, DeviceDriver)
+                wanted = [a for a in spec.devices if device_driver_for(a) == name]
+                claim = DeviceClaim(holder=ref, gpu=spec.gpu_passthrough and name == "vfio",
+                                    addresses=wanted)
+                assigned.extend(self._call("reserve-devices", spec,
+                                           lambda d=device_driver, c=claim: d.reserve(c)))
+        attachments: list[NetworkAttachment] = []
+        for net_name in spec.networks:
+            net_row = self.store.resource(ref.project, "network", net_name)
+            if net_row is None:
+                continue  # "host", "user", "none": no network driver involved
+            net_spec = self.recorded_spec(net_row)
+            assert isinstance(net_spec, NetworkSpec)
+            net_driver = self.driver_for(net_spec)
+            assert isinstance(net_driver, NetworkDriver)
+            pending = NetworkAttachment(network=net_name, driver=net_spec.driver, instance=ref,
+                                        endpoint="none")
+            with self.store.transaction() as conn:
+                self.store.put_attachment(conn, ref.project, ref.kind.value, ref.name, net_name,
+                                          pending.model_dump_json())
+            attachment = self._call("attach", spec,
+                                    lambda d=net_driver, n=net_spec: d.attach(n, spec))
+            with self.store.transaction() as conn:
+                self.store.put_attachment(conn, ref.project, ref.kind.value, ref.name, net_name,
+                                          attachment.model_dump_json())
+            attachments.append(attachment)
+        prepared = spec.model_copy(update={"attachments": attachments, "assigned_devices": assigned})
+        with self.store.transaction() as conn:
+            self.store.put_resource(conn, ref.project, ref.kind.value, ref.name, spec.driver,
+                                    specmod.spec_json(prepared), specmod.spec_hash(prepared),
+                                    Lifecycle.CREATING.value)
+        return prepared
+
+    @staticmethod
+    def _device_drivers(spec: VmSpec) -> list[str]:
+        names = {device_driver_for(a) for a in spec.devices}
+        if spec.gpu_passthrough:
+            names.add("vfio")
+        return sorted(names)
+
+    def _update(self, step: PlanStep) -> None:
+        spec = step.spec
+        assert isinstance(spec, InstanceSpec)
+        driver = self.driver_for(spec)
+        assert isinstance(driver, ComputeDriver)
+        row = self.store.resource(spec.ref.project, spec.ref.kind.value, spec.ref.name)
+        recorded = self.recorded_spec(row) if row else spec
+        assert isinstance(recorded, InstanceSpec)
+        live = spec.model_copy(update={"attachments": recorded.attachments,
+                                       "assigned_devices": recorded.assigned_devices})
+        if step.start_only:
+            self._call("start", live, lambda: driver.start(live), self._status_record)
+            return
+        status = self._call("update", live, lambda: driver.update(live, step.changed))
+        with self.store.transaction() as conn:
+            self.store.put_resource(conn, live.ref.project, live.ref.kind.value, live.ref.name,
+                                    live.driver, specmod.spec_json(live), specmod.spec_hash(live),
+                                    status.state.value, status.detail, status.data)
+
+    def _remove(self, spec: ResourceSpec, quiet: bool = False) -> None:
+        """Stop and delete a resource, undo its attachments and devices, forget it."""
+        ref = spec.ref
+        driver = self.driver_for(spec)
+        if isinstance(driver, ComputeDriver):
+            assert isinstance(spec, InstanceSpec)
+            status = driver.status(spec)
+            if status.state in (Lifecycle.RUNNING, Lifecycle.PAUSED):
+                self._call("stop", spec, lambda: driver.stop(spec, spec.stop_timeout),
+                           self._status_record)
+            self._call("delete", spec, lambda: driver.delete(spec))
+            self._detach_all(spec)
+            for name in sorted({a.driver for a in spec.assigned_devices} |
+                               (set(self._device_drivers(spec)) if isinstance(spec, VmSpec)
+                                else set())):
+                device_driver = self.driver(DriverKind.DEVICE, name)
+                assert isinstance(device_driver, DeviceDriver)
+                self._call("release-devices", spec, lambda d=device_driver: d.release(ref))
+        else:
+            if isinstance(spec, NetworkSpec) and not quiet:
+                users = self.store.attached_to(ref.project, ref.name)
+                if users:
+                    raise NovaError(f"network {ref.name} still has instances attached: "
+                                    f"{', '.join(users)}", hint="remove those instances first")
+            self._call("delete", spec, lambda: driver.delete(spec))  # type: ignore[attr-defined]
+        with self.store.transaction() as conn:
+            self.store.delete_resource(conn, ref.project, ref.kind.value, ref.name)
+
+    def _detach_all(self, spec: InstanceSpec) -> None:
+        ref = spec.ref
+        for net_name, info in self.store.attachments(ref.project, ref.kind.value,
+                                                     ref.name).items():
+            attachment = NetworkAttachment.model_validate_json(info)
+            net_row = self.store.resource(ref.project, "network", net_name)
+            if net_row is not None:
+                net_spec = self.recorded_spec(net_row)
+                net_driver = self.driver_for(net_spec)
+                assert isinstance(net_driver, NetworkDriver) and isinstance(net_spec, NetworkSpec)
+                self._call("detach", spec,
+                           lambda d=net_driver, n=net_spec, a=attachment: d.detach(n, a))
+            with self.store.transaction() as conn:
+                self.store.delete_attachment(conn, ref.project, ref.kind.value, ref.name,
+                                             net_name)
+
+    # -- single-instance operations for the CLI ------------------------------------------
+    def instance(self, project: str, kind: ResourceKind, name: str) -> tuple[InstanceSpec,
+                                                                             ComputeDriver]:
+        """The recorded spec and driver of an instance, or a clear error."""
+        row = self.store.resource(project, kind.value, name)
+        if row is None:
+            raise NovaError(f"{kind.value} '{name}' is not recorded in project '{project}'",
+                            hint=f"nova run {kind.value} {name} creates it from the NovaFile")
+        spec = self.recorded_spec(row)
+        driver = self.driver_for(spec)
+        assert isinstance(spec, InstanceSpec) and isinstance(driver, ComputeDriver)
+        return spec, driver
+
+    def start_instance(self, spec: InstanceSpec, driver: ComputeDriver) -> ResourceStatus:
+        """Start a recorded instance and record its state."""
+        return self._call("start", spec, lambda: driver.start(spec), self._status_record)
+
+    def stop_instance(self, spec: InstanceSpec, driver: ComputeDriver,
+                      timeout: float | None = None) -> ResourceStatus:
+        """Stop a recorded instance and record its state."""
+        wait = spec.stop_timeout if timeout is None else timeout
+        return self._call("stop", spec, lambda: driver.stop(spec, wait), self._status_record)
+
+    def snapshot_instance(self, spec: InstanceSpec, driver: ComputeDriver, name: str) -> Any:
+        """Take and record a snapshot."""
+        info = self._call("snapshot", spec, lambda: driver.snapshot(spec, name))
+        self.store.put_snapshot(spec.ref.project, spec.ref.kind.value, spec.ref.name, info.name,
+                                info.model_dump_json())
+        return info
+
+    @staticmethod
+    def ref(project: str, kind: ResourceKind, name: str) -> ResourceRef:
+        """Build a ref."""
+        return ResourceRef(project=project, kind=kind, name=name)
+
+
+def attachments_json(store: Store, ref: ResourceRef) -> list[dict[str, Any]]:
+    """An instance's recorded attachments as JSON-ready dicts."""
+    return [json.loads(v) for v in store.attachments(ref.project, ref.kind.value, ref.name).values()]
+
+
+__all__ = ["ApplyReport", "Engine", "INSTANCE_KINDS", "Reporter", "SilentReporter"]

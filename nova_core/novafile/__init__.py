@@ -1,0 +1,1 @@
+"""The NovaFile: TOML -> validated pydantic specs (and the Boltfile adapter)."""

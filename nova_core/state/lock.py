@@ -1,0 +1,61 @@
+"""A per-project lock so concurrent ``nova`` processes do not interleave changes."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from nova_core.errors import StateError
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@contextmanager
+def project_lock(
+    nova_home: Path,
+    project: str,
+    timeout: float | None = None,
+    say: Callable[[str], None] = _say,
+) -> Iterator[None]:
+    """Hold the lock of ``project`` for the block; wait (saying so) if another process holds it.
+
+    :param timeout: seconds to wait before giving up; ``NOVA_LOCK_TIMEOUT`` or 600 by default.
+    """
+    if timeout is None:
+        timeout = float(os.environ.get("NOVA_LOCK_TIMEOUT", "600"))
+    lock_dir = nova_home / "locks"
+    lock_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = lock_dir / f"{project}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            say(f"waiting for another nova process (pid {holder}) working on project "
+                f"'{project}'...")
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise StateError(
+                            f"project '{project}' is still locked by nova pid {holder} after "
+                            f"{timeout:.0f}s",
+                            hint="wait for it to finish, or stop it; NOVA_LOCK_TIMEOUT sets the wait",
+                        ) from None
+                    time.sleep(0.05)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock

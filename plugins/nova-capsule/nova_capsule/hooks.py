@@ -1,0 +1,32 @@
+"""nova-capsule's hooks: host checks for ``nova doctor``."""
+
+from __future__ import annotations
+
+import shutil
+
+from nova_core.hookspecs import hookimpl
+from nova_core.hooktypes import CheckResult, program_check
+
+CATEGORY = "nova-capsule"
+
+
+@hookimpl
+def nova_doctor_checks() -> list[CheckResult]:
+    """An OCI runtime (crun or runc), the conmon monitor, overlayfs."""
+    runtimes = [name for name in ("crun", "runc") if shutil.which(name)]
+    results = [CheckResult(
+        CATEGORY, "OCI runtime", "ok" if runtimes else "fail",
+        ", ".join(runtimes) if runtimes else "neither crun nor runc found",
+        None if runtimes else "apt-get install crun (or runc)")]
+    results.append(program_check(CATEGORY, "conmon", "monitors each capsule",
+                                 "apt-get install conmon"))
+    try:
+        with open("/proc/filesystems") as handle:
+            has_overlay = any(line.split()[-1] == "overlay" for line in handle if line.strip())
+    except OSError:
+        has_overlay = False
+    results.append(CheckResult(
+        CATEGORY, "overlayfs", "ok" if has_overlay else "warn",
+        "available" if has_overlay else "not listed in /proc/filesystems",
+        None if has_overlay else "modprobe overlay"))
+    return results
