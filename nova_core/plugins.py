@@ -193,9 +193,10 @@ class PluginRegistry:
                 "which is disabled by NOVA_DISABLE_PLUGINS.",
                 hint=f"remove {candidates[0].dist} from NOVA_DISABLE_PLUGINS to use it",
             )
-        raise DriverNotFound(self._absent_message(kind, name), hint=self._absent_hint(kind, name))
+        raise DriverNotFound(self.absent_message(kind, name), hint=self._absent_hint(kind, name))
 
-    def _absent_message(self, kind: DriverKind, name: str) -> str:
+    def absent_message(self, kind: DriverKind, name: str) -> str:
+        """Why driver ``name`` is absent, naming the package that would provide it."""
         available = ", ".join(self.driver_names(kind)) or "none"
         provider = KNOWN_PROVIDERS.get((kind, name))
         if provider is None:

@@ -43,7 +43,6 @@ from nova_core.novafile.loader import NovaFile
 from nova_core.plugins import PluginRegistry
 from nova_core.state.store import ResourceRow, Store
 
-
 LIFECYCLE_ACTIONS = frozenset({"create", "start", "stop", "delete"})
 
 

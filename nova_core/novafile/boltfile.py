@@ -13,7 +13,7 @@ from typing import Any
 
 BOLTFILE_TOP_LEVEL = {"project": "project", "services": "container",
                       "networks": "network", "volumes": "volume"}
-_RENAMES = {"environment": "env", "networks": "network"}
+RENAMES = {"environment": "env", "networks": "network"}
 
 
 @dataclass
@@ -56,7 +56,7 @@ def _service(
     result: dict[str, Any] = {}
     renamed: dict[str, str] = {}
     for key, value in table.items():
-        new = _RENAMES.get(key, key)
+        new = RENAMES.get(key, key)
         if new in result:
             problems.append(((*label, key), f"'{key}' and '{new}' mean the same; keep one"))
             continue

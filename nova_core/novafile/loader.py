@@ -34,7 +34,7 @@ from nova_core.novafile import entries
 from nova_core.novafile.boltfile import Translation, translate_boltfile
 from nova_core.novafile.locate import index_lines, line_of
 from nova_core.novafile.values import parse_port, parse_volume
-from nova_core.plugins import KNOWN_PROVIDERS, PluginRegistry
+from nova_core.plugins import PluginRegistry
 
 NOVAFILE_NAMES = ("NovaFile", "NovaFile.toml", "Boltfile.toml")
 KINDS = ("vm", "container", "network", "volume")
@@ -111,6 +111,14 @@ class _Problems:
             return self.translation.renamed.get((kind, name), {}).get(key, key)
         return key
 
+    def user_keys(self, kind: str, keys: set[str]) -> set[str]:
+        """``keys`` as the user may write them (a Boltfile's spellings included)."""
+        if self.translation and kind == "container":
+            from nova_core.novafile.boltfile import RENAMES
+
+            return keys | set(RENAMES)
+        return keys
+
     def add_at(self, user_path: tuple[str, ...], message: str) -> None:
         line = line_of(self.index, user_path)
         where = f"{self.path.name}:{line}" if line else self.path.name
@@ -130,17 +138,19 @@ class _Problems:
 
 
 def _pydantic_message(error: dict[str, Any], secret: bool) -> str:
+    """A pydantic error as a sentence; secret inputs are never echoed."""
     message = str(error["msg"])
     for prefix in ("Value error, ", "Assertion failed, "):
         if message.startswith(prefix):
             message = message[len(prefix):]
-    if error["type"] in ("missing",):
+    if error["type"] == "missing":
         return "is required"
-    if not secret and error["type"].endswith("_type") or error["type"].endswith("_parsing"):
-        got = type(error.get("input")).__name__ if not secret else "a value"
+    message = message[:1].lower() + message[1:]
+    if error["type"].endswith(("_type", "_parsing")):
+        got = "a value" if secret else type(error.get("input")).__name__
         got = {"str": "a string", "int": "an integer", "float": "a number", "bool": "a boolean",
                "list": "a list", "dict": "a table"}.get(got, got)
-        message = f"{message[0].lower()}{message[1:]}, got {got}"
+        message = f"{message}, got {got}"
     return message
 
 
@@ -247,22 +257,17 @@ def _load_entry(
     unknown = [key for key in table if key not in core_keys and key not in option_keys]
     absent_note = ""
     if driver_cls is None:
-        provider = KNOWN_PROVIDERS.get((driver_kind, driver_name))
-        install = f"; install {provider}" if provider else ""
-        absent_note = (f" (the {driver_kind.value} driver '{driver_name}', which may accept it, "
-                       f"is not installed{install})")
-        notes.append(f"{kind}.{name}: {driver_kind.value} driver '{driver_name}' is not installed"
-                     f"{install}; its own keys were not checked")
+        why = registry.absent_message(driver_kind, driver_name)
+        absent_note = f" ({why}, so its own keys cannot be checked)"
+        notes.append(f"{kind}.{name}: {why}; its own keys were not checked")
     for key in unknown:
         user_key = problems.user_key(kind, name, key)
-        suggestion = _did_you_mean(user_key, core_keys | option_keys)
+        suggestion = _did_you_mean(user_key, problems.user_keys(kind, core_keys | option_keys))
         problems.add(kind, name, (key,), f"unknown key{suggestion}{absent_note}")
-    if unknown:
-        return None
 
     core_part = {k: v for k, v in table.items() if k in core_keys}
     option_part = {k: v for k, v in table.items() if k in option_keys and k not in core_keys}
-    ok = True
+    ok = not unknown
     try:
         entry = model.model_validate(core_part)
     except ValidationError as error:
@@ -403,7 +408,7 @@ def _cross_check(specs: dict[str, ResourceSpec], data: dict[str, Any], problems:
             source = instances.get(spec.clone)
             if source is None or source.ref.kind is not ResourceKind.VM:
                 problems.add(kind, name, ("clone",), f"'{spec.clone}' is not a declared vm")
-    _check_port_clashes(instances, problems)
+    _check_port_clashes([s for s in specs.values() if s.ref.kind in (ResourceKind.VM, ResourceKind.CONTAINER)], problems)
     cycle = find_cycle({n: [d for d in s.depends_on if d in instances]
                         for n, s in instances.items()})
     if cycle:
@@ -413,10 +418,10 @@ def _cross_check(specs: dict[str, ResourceSpec], data: dict[str, Any], problems:
                      f"depends_on forms a cycle: {chain}")
 
 
-def _check_port_clashes(instances: dict[str, ResourceSpec], problems: _Problems) -> None:
+def _check_port_clashes(instances: list[ResourceSpec], problems: _Problems) -> None:
     """A host port (address, port, protocol) may be published once in the whole file."""
     owners: dict[tuple[str | None, int, str], str] = {}
-    for spec in instances.values():
+    for spec in instances:
         assert isinstance(spec, VmSpec | ContainerSpec)
         for mapping in spec.ports:
             key = (mapping.host_ip, mapping.host_port, mapping.protocol)

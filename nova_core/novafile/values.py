@@ -8,7 +8,7 @@ from pathlib import Path
 from nova_core.drivers.models import PortMapping, VolumeMount
 
 _PORT_RE = re.compile(
-    r"^(?:(?P<ip>\[[0-9a-fA-F:]+\]|[0-9.]+):)?(?:(?P<host>\d+):)?(?P<target>\d+)(?:/(?P<proto>tcp|udp))?$"
+    r"^(?:(?P<ip>\[[0-9a-fA-F:]+\]|\d+\.\d+\.\d+\.\d+):)?(?:(?P<host>\d+):)?(?P<target>\d+)(?:/(?P<proto>tcp|udp))?$"
 )
 
 
