@@ -395,9 +395,10 @@ def _cross_check(specs: dict[str, ResourceSpec], data: dict[str, Any], problems:
                          f"{_did_you_mean(net, networks)}; add a [network.{net}] table")
         for index, mount in enumerate(spec.volumes):
             if mount.type == "volume" and mount.source not in declared_volumes:
+                hint = _did_you_mean(mount.source, volumes)
                 problems.add(kind, name, ("volumes", index),
-                             f"volume '{mount.source}' is not declared{_did_you_mean(mount.source, volumes)}; "
-                             f"add a [volume.{mount.source}] table, or write a path like ./{mount.source}")
+                             f"volume '{mount.source}' is not declared{hint}; add a "
+                             f"[volume.{mount.source}] table, or write a path like ./{mount.source}")
         for dep in spec.depends_on:
             if dep == name:
                 problems.add(kind, name, ("depends_on",), "an instance cannot depend on itself")
@@ -408,7 +409,9 @@ def _cross_check(specs: dict[str, ResourceSpec], data: dict[str, Any], problems:
             source = instances.get(spec.clone)
             if source is None or source.ref.kind is not ResourceKind.VM:
                 problems.add(kind, name, ("clone",), f"'{spec.clone}' is not a declared vm")
-    _check_port_clashes([s for s in specs.values() if s.ref.kind in (ResourceKind.VM, ResourceKind.CONTAINER)], problems)
+    all_instances = [s for s in specs.values()
+                     if s.ref.kind in (ResourceKind.VM, ResourceKind.CONTAINER)]
+    _check_port_clashes(all_instances, problems)
     cycle = find_cycle({n: [d for d in s.depends_on if d in instances]
                         for n, s in instances.items()})
     if cycle:

@@ -1,0 +1,20 @@
+"""nova-quic registers and reports the TUN device."""
+
+from __future__ import annotations
+
+import os
+
+from nova_quic.hooks import nova_doctor_checks
+
+
+def test_tun_check_matches_the_host() -> None:
+    [check] = nova_doctor_checks()
+    assert (check.status == "ok") == os.path.exists("/dev/net/tun")
+
+
+def test_registered_as_a_plugin(run_nova) -> None:
+    import json
+
+    dists = {d["name"]: d for d in json.loads(run_nova("plugins", "ls", "--json",
+                                                       check=True).stdout)}
+    assert dists["nova-quic"]["hooks"] == ["nova_doctor_checks"]

@@ -1,0 +1,263 @@
+"""plan / up / down through the real CLI, with the fake drivers, and crash recovery."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import write_novafile
+
+LAB = """
+project = "lab"
+
+[network.lan]
+driver = "fake"
+subnet = "10.50.0.0/24"
+
+[volume.data]
+driver = "fake"
+
+[container.db]
+driver = "fake"
+capsule = "postgres"
+network = "lan"
+volumes = ["data:/var/lib/postgresql"]
+env.POSTGRES_PASSWORD = "s3cret-value"
+
+[container.web]
+driver = "fake"
+capsule = "nginx"
+network = "lan"
+depends_on = ["db"]
+memory = "256Mi"
+"""
+
+
+def fake_state(nova_home: Path, kind: str = "compute") -> dict:
+    path = nova_home / "drivers" / "fake" / f"{kind}.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def recorded(nova_home: Path) -> dict[str, str]:
+    with sqlite3.connect(nova_home / "state.db") as conn:
+        return {f"{k}.{n}": s for k, n, s in conn.execute("SELECT kind, name, state FROM resources")}
+
+
+@pytest.fixture
+def lab(project_dir: Path, nova_fake_drivers: Path) -> Path:
+    write_novafile(project_dir, LAB)
+    return project_dir
+
+
+def test_plan_orders_by_dependency_and_touches_nothing(lab: Path, run_nova, nova_home: Path) -> None:
+    done = run_nova("plan", "--json", cwd=lab)
+    assert done.returncode == 0, done.stderr
+    plan = json.loads(done.stdout)
+    order = [s["resource"] for s in plan["steps"]]
+    assert order == ["network.lan", "volume.data", "container.db", "container.web"]
+    assert {s["action"] for s in plan["steps"]} == {"create"}
+    assert plan["steps"][2]["details"][0]["title"] == "fake compute"
+    assert fake_state(nova_home) == {}
+    assert not (nova_home / "state.db").exists() or recorded(nova_home) == {}
+
+
+def test_up_is_idempotent_and_down_reverses(lab: Path, run_nova, nova_home: Path) -> None:
+    first = run_nova("up", cwd=lab)
+    assert first.returncode == 0, first.stderr
+    assert "[4/4] creating container.web: done" in first.stdout
+    assert recorded(nova_home) == {"network.lan": "created", "volume.data": "created",
+                                   "container.db": "running", "container.web": "running"}
+    members = fake_state(nova_home, "network")["lab/network/lan"]["members"]
+    assert sorted(members) == ["db", "web"] and len(set(members.values())) == 2
+
+    second = run_nova("up", cwd=lab)
+    assert second.returncode == 0 and "up to date (4 unchanged)" in second.stdout
+    assert fake_state(nova_home)["lab/container/db"]["log"] == ["created", "started"]
+
+    listing = json.loads(run_nova("ls", "--json", check=True).stdout)
+    assert [(i["name"], i["state"]) for i in listing] == [("db", "running"), ("web", "running")]
+    nets = json.loads(run_nova("net", "ls", "--json", check=True).stdout)
+    assert nets[0]["name"] == "lan" and nets[0]["attached"] == ["container.db", "container.web"]
+
+    down = run_nova("down", cwd=lab)
+    assert down.returncode == 0, down.stderr
+    lines = [line for line in down.stdout.splitlines() if "removing" in line]
+    assert [line.split()[2].rstrip(":") for line in lines] == [
+        "container.web", "container.db", "network.lan"]
+    assert "kept volume.data" in down.stdout
+    assert recorded(nova_home) == {"volume.data": "created"}
+    assert fake_state(nova_home) == {}
+    assert fake_state(nova_home, "network") == {}
+    gone = run_nova("down", "--volumes", cwd=lab)
+    assert gone.returncode == 0 and recorded(nova_home) == {}
+    assert fake_state(nova_home, "storage") == {}
+
+
+def test_changes_are_updated_replaced_or_deleted(lab: Path, run_nova, nova_home: Path) -> None:
+    run_nova("up", cwd=lab, check=True)
+    changed = LAB.replace('memory = "256Mi"', 'memory = "512Mi"').replace(
+        'capsule = "postgres"', 'capsule = "postgres:16"')
+    changed = changed.replace('[volume.data]\ndriver = "fake"\n', "").replace(
+        'volumes = ["data:/var/lib/postgresql"]\n', "")
+    write_novafile(lab, changed)
+    plan = json.loads(run_nova("plan", "--json", cwd=lab, check=True).stdout)
+    actions = {s["resource"]: (s["action"], s["reason"]) for s in plan["steps"]}
+    assert actions["container.web"] == ("update", "changed: memory")
+    assert actions["container.db"][0] == "replace"
+    assert "image" in actions["container.db"][1] and "volumes" in actions["container.db"][1]
+    assert actions["volume.data"] == ("delete", "no longer in the NovaFile")
+    assert actions["network.lan"][0] == "unchanged"
+    run_nova("up", cwd=lab, check=True)
+    web_log = fake_state(nova_home)["lab/container/web"]["log"]
+    assert web_log == ["created", "started", "updated memory"]
+    assert run_nova("up", cwd=lab, check=True).stdout.strip().endswith("(3 unchanged)")
+
+
+def test_secrets_never_printed(lab: Path, run_nova) -> None:
+    for args in (("plan",), ("plan", "--json"), ("validate", "--json"), ("up",)):
+        done = run_nova(*args, cwd=lab)
+        assert "s3cret-value" not in done.stdout + done.stderr, args
+
+
+def test_observed_state_drives_the_plan(lab: Path, run_nova, nova_home: Path) -> None:
+    run_nova("up", cwd=lab, check=True)
+    stopped = run_nova("stop", "container", "web", cwd=lab)
+    assert stopped.returncode == 0 and "container.web: stopped" in stopped.stdout
+    # remove db behind Nova's back, as if someone deleted it by hand
+    state_file = nova_home / "drivers" / "fake" / "compute.json"
+    data = json.loads(state_file.read_text())
+    del data["lab/container/db"]
+    state_file.write_text(json.dumps(data))
+    plan = json.loads(run_nova("plan", "--json", cwd=lab, check=True).stdout)
+    actions = {s["resource"]: (s["action"], s["reason"]) for s in plan["steps"]}
+    assert actions["container.db"][0] == "create" and "missing on the host" in actions[
+        "container.db"][1]
+    assert actions["container.web"] == ("update", "stopped on the host: it will be started")
+    run_nova("up", cwd=lab, check=True)
+    assert recorded(nova_home)["container.web"] == "running"
+    assert fake_state(nova_home)["lab/container/db"]["state"] == "running"
+
+
+def test_failure_stops_records_and_resumes(lab: Path, run_nova, nova_home: Path) -> None:
+    write_novafile(lab, LAB.replace('depends_on = ["db"]', 'depends_on = ["db"]\nfail_on = "start"'))
+    failed = run_nova("up", cwd=lab)
+    assert failed.returncode == 1
+    assert "container.web: create failed: fake driver: injected failure in start" in failed.stderr
+    assert "3 of 4 steps were applied and recorded" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert recorded(nova_home)["container.web"] == "failed"
+    write_novafile(lab, LAB)
+    plan = json.loads(run_nova("plan", "--json", cwd=lab, check=True).stdout)
+    web = next(s for s in plan["steps"] if s["resource"] == "container.web")
+    assert web["action"] == "create" and "did not finish" in web["reason"]
+    resumed = run_nova("up", cwd=lab)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "[1/1] creating container.web: done" in resumed.stdout
+    assert recorded(nova_home)["container.web"] == "running"
+    members = fake_state(nova_home, "network")["lab/network/lan"]["members"]
+    assert sorted(members) == ["db", "web"]
+
+
+def test_crash_in_the_middle_then_up_converges(lab: Path, run_nova, nova_home: Path) -> None:
+    write_novafile(lab, LAB.replace('depends_on = ["db"]', 'depends_on = ["db"]\ncrash_on = "create"'))
+    crashed = run_nova("up", cwd=lab)
+    assert crashed.returncode == 70  # the process died inside the driver call
+    assert recorded(nova_home)["container.web"] == "creating"
+    members = fake_state(nova_home, "network")["lab/network/lan"]["members"]
+    assert "web" in members  # attached before the crash, and recorded as pending
+    write_novafile(lab, LAB)
+    again = run_nova("up", cwd=lab)
+    assert again.returncode == 0, again.stderr
+    assert recorded(nova_home)["container.web"] == "running"
+    compute = fake_state(nova_home)
+    assert compute["lab/container/web"]["log"] == ["created", "started"]
+    members = fake_state(nova_home, "network")["lab/network/lan"]["members"]
+    assert sorted(members) == ["db", "web"]
+    assert run_nova("up", cwd=lab, check=True).stdout.strip().endswith("(4 unchanged)")
+
+
+def test_two_concurrent_ups_do_not_interleave(lab: Path, nova_home: Path) -> None:
+    write_novafile(lab, LAB.replace('memory = "256Mi"', 'memory = "256Mi"\ndelay = 0.3'))
+    command = [sys.executable, "-m", "nova_core.cli.main", "up"]
+    first = subprocess.Popen(command, cwd=lab, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    second = subprocess.Popen(command, cwd=lab, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    out1, err1 = first.communicate(timeout=60)
+    out2, err2 = second.communicate(timeout=60)
+    assert first.returncode == 0 and second.returncode == 0, err1 + err2
+    assert "waiting for another nova process" in err1 + err2
+    assert "up to date" in out1 + out2  # the later one found the work done
+    assert fake_state(nova_home)["lab/container/web"]["log"] == ["created", "started"]
+
+
+def test_up_of_named_instance_brings_its_dependencies(lab: Path, run_nova, nova_home: Path) -> None:
+    done = run_nova("up", "db", cwd=lab)
+    assert done.returncode == 0, done.stderr
+    assert set(recorded(nova_home)) == {"network.lan", "volume.data", "container.db"}
+    unknown = run_nova("up", "nope", cwd=lab)
+    assert unknown.returncode == 1 and "'nope' is not declared" in unknown.stderr
+
+
+def test_instance_commands_dispatch_to_the_driver(lab: Path, run_nova, nova_home: Path,
+                                                  tmp_path: Path) -> None:
+    ran = run_nova("run", "container", "web", cwd=lab)
+    assert ran.returncode == 0, ran.stderr
+    assert "container.web: running" in ran.stdout
+    assert set(recorded(nova_home)) == {"network.lan", "volume.data", "container.db",
+                                        "container.web"}
+    snap = run_nova("snapshot", "container", "web", "--name", "before", cwd=tmp_path)
+    assert snap.returncode == 0, snap.stderr  # found through state, no NovaFile here
+    assert fake_state(nova_home)["lab/container/web"]["snapshots"] == ["before"]
+    logs = run_nova("logs", "container", "web", "--tail", "2", cwd=tmp_path)
+    assert logs.stdout.splitlines() == ["started", "snapshot before"]
+    stop = run_nova("stop", "container", "web", cwd=tmp_path)
+    assert stop.returncode == 0 and recorded(nova_home)["container.web"] == "stopped"
+    missing = run_nova("stop", "vm", "ghost", cwd=tmp_path)
+    assert missing.returncode == 1 and "no vm named 'ghost' is recorded" in missing.stderr
+    undeclared = run_nova("run", "vm", "web", cwd=lab)
+    assert undeclared.returncode == 1 and "vm.web is not declared" in undeclared.stderr
+
+
+def test_missing_driver_says_which_package(project_dir: Path, run_nova, nova_home: Path) -> None:
+    write_novafile(project_dir, """
+        [vm.a]
+        cpu = 1
+        [network.n]
+        driver = "warp"
+    """)
+    done = run_nova("up", cwd=project_dir)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "vm.a: no compute driver 'qemu'" in done.stderr and "nova-qemu" in done.stderr
+    assert "network.n: no network driver 'warp'" in done.stderr
+    assert not (nova_home / "state.db").exists() or recorded(nova_home) == {}
+    stop = run_nova("run", "vm", "a", cwd=project_dir)
+    assert stop.returncode == 1 and "nova-qemu" in stop.stderr
+
+
+def test_gpu_passthrough_reserves_and_releases(project_dir: Path, fake_distribution, run_nova,
+                                                nova_home: Path) -> None:
+    fake_distribution("nova-fake-all", {
+        "nova_core.compute": {"fake": "nova_core.testing.fakes:FakeComputeDriver"},
+        "nova_core.device": {"vfio": "nova_core.testing.fakes:FakeDeviceDriver"},
+    })
+    write_novafile(project_dir, """
+        [vm.g1]
+        driver = "fake"
+        gpu_passthrough = true
+        [vm.g2]
+        driver = "fake"
+        devices = ["0000:01:00.0"]
+    """)
+    done = run_nova("up", cwd=project_dir)
+    assert done.returncode == 1
+    assert "vm.g2: create failed: fake: 0000:01:00.0 is held by proj/vm.g1" in done.stderr
+    held = json.loads((nova_home / "drivers" / "vfio" / "device.json").read_text())["held"]
+    assert held == {"0000:01:00.0": "proj/vm.g1"}
+    run_nova("down", cwd=project_dir, check=True)
+    held = json.loads((nova_home / "drivers" / "vfio" / "device.json").read_text())["held"]
+    assert held == {}
