@@ -347,8 +347,6 @@ def _build_spec(
             problems.add(kind, ref.name, ("image",), "give the image as 'capsule' or 'image', not both")
         fields = _instance_common(kind, ref, entry, base_dir, problems)
         fields["image"] = entry.capsule or entry.image
-        if fields["image"] is None and entry.build is None:
-            problems.add(kind, ref.name, (), "needs an image: add capsule = \"REF\" (or build)")
         health = None
         if entry.healthcheck is not None:
             argv = entry.healthcheck.argv()

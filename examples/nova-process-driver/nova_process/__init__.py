@@ -1,0 +1,1 @@
+"""Example third-party Nova driver (see docs/writing-a-driver.md)."""

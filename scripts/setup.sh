@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Set up Nova on a Debian machine: system packages, a virtual environment in .venv,
+# nova-core and every plugin (editable), plus the test tools.
+#
+#   bash scripts/setup.sh            # from the repository's root
+#
+# Each plugin lists the Debian packages it needs in plugins/<name>/debian-packages.txt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "setup: run as root, or install sudo" >&2; exit 1; }
+    SUDO="sudo"
+fi
+
+packages="python3 python3-venv python3-pip"
+for list in plugins/*/debian-packages.txt; do
+    [ -f "$list" ] && packages="$packages $(tr '\n' ' ' < "$list")"
+done
+missing=""
+for pkg in $packages; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
+done
+if [ -n "$missing" ]; then
+    echo "setup: installing Debian packages:$missing"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq
+    # shellcheck disable=SC2086
+    $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv with $($PYTHON --version)"
+    "$PYTHON" -m venv .venv
+fi
+echo "setup: installing nova-core and plugins into .venv"
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+.venv/bin/python -m pip install -q -e '.[test]'
+plugin_args=()
+for plugin in plugins/*/; do plugin_args+=(-e "./$plugin"); done
+.venv/bin/python -m pip install -q "${plugin_args[@]}"
+echo "setup: done. $(.venv/bin/nova --version); try: .venv/bin/nova doctor"
