@@ -109,12 +109,13 @@ def test_changes_are_updated_replaced_or_deleted(lab: Path, run_nova, nova_home:
     assert actions["container.web"] == ("update", "changed: memory")
     assert actions["container.db"][0] == "replace"
     assert "image" in actions["container.db"][1] and "volumes" in actions["container.db"][1]
-    assert actions["volume.data"] == ("delete", "no longer in the NovaFile")
+    assert "volume.data" not in actions and plan["kept"] == ["volume.data"]
     assert actions["network.lan"][0] == "unchanged"
     run_nova("up", cwd=lab, check=True)
     web_log = fake_state(nova_home)["lab/container/web"]["log"]
     assert web_log == ["created", "started", "updated memory"]
     assert run_nova("up", cwd=lab, check=True).stdout.strip().endswith("(3 unchanged)")
+    assert fake_state(nova_home, "storage") != {}  # the volume and its data were kept
 
 
 def test_secrets_never_printed(lab: Path, run_nova) -> None:
@@ -261,3 +262,77 @@ def test_gpu_passthrough_reserves_and_releases(project_dir: Path, fake_distribut
     run_nova("down", cwd=project_dir, check=True)
     held = json.loads((nova_home / "drivers" / "vfio" / "device.json").read_text())["held"]
     assert held == {}
+
+
+def test_volume_data_is_never_deleted_implicitly(project_dir: Path, run_nova,
+                                                 nova_home: Path, nova_fake_drivers) -> None:
+    write_novafile(project_dir, '[volume.data]\nsize = "1Gi"\n')
+    run_nova("up", cwd=project_dir, check=True)
+    folder = nova_home / "drivers" / "local" / "proj" / "data" / "data"
+    (folder / "keep.txt").write_text("precious")
+    write_novafile(project_dir, '[volume.data]\nsize = "2Gi"\n')
+    plan = json.loads(run_nova("plan", "--json", cwd=project_dir, check=True).stdout)
+    assert [(s["action"], s["reason"]) for s in plan["steps"]] == [("update", "changed: size")]
+    run_nova("up", cwd=project_dir, check=True)
+    assert (folder / "keep.txt").read_text() == "precious"
+    write_novafile(project_dir, '[volume.data]\ndriver = "fake"\n')
+    refused = run_nova("up", cwd=project_dir)
+    assert refused.returncode == 1 and "which deletes its data" in refused.stderr
+    assert (folder / "keep.txt").read_text() == "precious"
+    write_novafile(project_dir, 'project = "proj"\n')
+    run_nova("up", cwd=project_dir, check=True)
+    assert (folder / "keep.txt").read_text() == "precious"
+    run_nova("down", "--volumes", cwd=project_dir, check=True)
+    assert not folder.exists()
+
+
+def test_a_failed_snapshot_does_not_condemn_the_instance(lab: Path, run_nova,
+                                                         nova_home: Path) -> None:
+    write_novafile(lab, LAB.replace('memory = "256Mi"', 'memory = "256Mi"\nfail_on = "snapshot"'))
+    run_nova("up", cwd=lab, check=True)
+    snap = run_nova("snapshot", "container", "web", cwd=lab)
+    assert snap.returncode == 1 and "injected failure in snapshot" in snap.stderr
+    assert recorded(nova_home)["container.web"] == "running"
+    again = run_nova("up", cwd=lab, check=True)
+    assert "up to date" in again.stdout
+    assert fake_state(nova_home)["lab/container/web"]["log"] == ["created", "started"]
+
+
+def test_removals_of_instances_come_before_creations(lab: Path, run_nova) -> None:
+    run_nova("up", cwd=lab, check=True)
+    write_novafile(lab, LAB.replace("[container.web]", "[container.web2]"))
+    plan = json.loads(run_nova("plan", "--json", cwd=lab, check=True).stdout)
+    changes = [(s["action"], s["resource"]) for s in plan["steps"] if s["action"] != "unchanged"]
+    assert changes == [("delete", "container.web"), ("create", "container.web2")]
+
+
+def test_network_replace_under_attached_instances_is_refused_up_front(lab: Path, run_nova,
+                                                                      nova_home: Path) -> None:
+    run_nova("up", cwd=lab, check=True)
+    write_novafile(lab, LAB.replace("10.50.0.0/24", "10.60.0.0/24"))
+    refused = run_nova("up", cwd=lab)
+    assert refused.returncode == 1
+    assert ("network.lan would be replaced (changed: subnet) but container.db, container.web "
+            "are attached") in refused.stderr
+    assert "nova down db web" in refused.stderr
+    assert fake_state(nova_home, "network")["lab/network/lan"]["subnet"] == "10.50.0.0/24"
+    run_nova("down", "db", "web", cwd=lab, check=True)
+    run_nova("up", cwd=lab, check=True)
+    assert fake_state(nova_home, "network")["lab/network/lan"]["subnet"] == "10.60.0.0/24"
+
+
+def test_replace_checks_the_recorded_driver_before_anything(project_dir: Path, run_nova,
+                                                            nova_home: Path, nova_fake_drivers,
+                                                            fake_distribution) -> None:
+    fake_distribution("nova-fake-two", {"nova_core.compute": {
+        "fake2": "nova_core.testing.fakes:FakeComputeDriver"}})
+    write_novafile(project_dir, '[container.a]\ndriver = "fake2"\n[vm.b]\ndriver = "fake"\n')
+    run_nova("up", cwd=project_dir, check=True)
+    write_novafile(project_dir, '[container.a]\ndriver = "fake2"\ncpu = 2\n'
+                                '[vm.b]\ndriver = "fake2"\n')
+    done = run_nova("up", cwd=project_dir, env={"NOVA_DISABLE_PLUGINS": "nova-fake-drivers"})
+    assert done.returncode == 1
+    assert "vm.b: compute driver 'fake' is provided by nova-fake-drivers, which is disabled" \
+        in done.stderr
+    log = json.loads((nova_home / "drivers/fake2/compute.json").read_text())["proj/container/a"]
+    assert log["log"] == ["created", "started"]  # nothing was applied

@@ -28,6 +28,7 @@ class LocalVolumeDriver(StorageDriver):
     """
 
     options_model: ClassVar[type[DriverOptions]] = LocalVolumeOptions
+    updatable_fields: ClassVar[frozenset[str]] = frozenset({"size"})
 
     def _path(self, spec: ResourceSpec):  # noqa: ANN202 - a Path
         return self.context.nova_home / "drivers" / self.name / spec.ref.project / spec.ref.name

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from nova_core import __version__
-from nova_core.cli.output import MASK, print_json, table
+from nova_core.cli.output import print_json, table
 from nova_core.errors import NovaError
 
 if TYPE_CHECKING:
@@ -166,38 +166,27 @@ def schema(app: App) -> None:
 
 
 # -- plan / up / down ---------------------------------------------------------------------------
-def _secrets(specs: list[Any]) -> list[str]:
-    values: list[str] = []
-    for spec in specs:
-        if spec is None:
-            continue
-        values.extend(getattr(spec, "env", {}).values())
-        values.extend(v for k, v in getattr(spec, "registry_auth", {}).items()
-                      if k in ("password", "token"))
-    return values
-
-
 def _print_plan(plan: Any, as_json: bool) -> None:
-    from nova_core.cli.output import mask_secrets
+    from nova_core.secrets import mask, secret_values
 
-    secrets = _secrets([s.spec for s in plan.steps] + [s.recorded for s in plan.steps])
+    secrets = secret_values(*[s.spec for s in plan.steps], *[s.recorded for s in plan.steps])
     if as_json:
         text = json.dumps({"project": plan.project, "steps": [s.as_json() for s in plan.steps],
                            "kept": plan.kept, "counts": plan.counts()}, indent=2)
-        click.echo(mask_secrets(text, secrets))
+        click.echo(mask(text, secrets))
         return
     symbols = {"create": "+", "update": "~", "replace": "±", "delete": "-", "unchanged": "="}
     click.echo(f"project {plan.project}:")
     for step in plan.steps:
         click.echo(f"  {symbols[step.action]} {step.action:<9} {step.ref.key:<28} "
-                   f"[{step.driver}]  {step.reason}")
+                   f"[{step.driver}]  {mask(step.reason, secrets)}")
         for detail in step.details:
-            body = mask_secrets(detail.body, secrets)
+            body = mask(detail.body, secrets)
             click.echo(f"      {detail.title}:")
             for line in body.splitlines():
                 click.echo(f"        {line}")
     for key in plan.kept:
-        click.echo(f"  = keep      {key:<28} volume data is kept (nova down --volumes removes it)")
+        click.echo(f"  = keep      {key:<28} kept with its data (nova down --volumes removes it)")
     counts = plan.counts()
     summary = ", ".join(f"{n} to {a}" if a != "unchanged" else f"{n} unchanged"
                         for a, n in counts.items())
@@ -285,7 +274,7 @@ def down(app: App, file: str | None, project: str | None, volumes: bool,
         if not plan.changes:
             click.echo(f"project {name}: nothing to remove")
         else:
-            report = app.engine.apply(plan, _LineReporter())
+            report = app.engine.apply(plan, _LineReporter(), command="nova down")
             click.echo(f"project {name}: {len(report.applied)} removed in {report.seconds:.2f}s")
     for key in plan.kept:
         click.echo(f"kept {key} (its data stays; nova down --volumes removes it)")
@@ -387,7 +376,7 @@ def run(app: App, file: str | None, kind: str, name: str) -> None:
     with app.lock(loaded.project):
         plan = app.engine.plan(loaded, [key], render=False)
         if plan.changes:
-            app.engine.apply(plan, _LineReporter())
+            app.engine.apply(plan, _LineReporter(), command=f"nova run {kind} {name}")
     row = app.engine.store.resource(loaded.project, kind, name)
     click.echo(f"{key}: {row.state if row else 'unknown'}")
 
@@ -499,4 +488,4 @@ def doctor(app: App, as_json: bool) -> None:
                    f"{sum(r.status == 'warn' for r in results)} with warnings")
 
 
-__all__ = ["MASK", "cli"]
+__all__ = ["cli"]

@@ -7,8 +7,6 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-MASK = "******"
-
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     """Left-aligned columns separated by two spaces, like ``docker ps``."""
@@ -26,15 +24,3 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
 def print_json(value: Any) -> None:
     """Print ``value`` as indented JSON."""
     sys.stdout.write(json.dumps(value, indent=2, sort_keys=False, default=str) + "\n")
-
-
-def mask_secrets(text: str, secrets: Iterable[str]) -> str:
-    """Replace every occurrence of each secret (3 characters or more) with a mask."""
-    for secret in sorted({s for s in secrets if len(s) >= 3}, key=len, reverse=True):
-        text = text.replace(secret, MASK)
-    return text
-
-
-def masked_env(env: dict[str, str]) -> dict[str, str]:
-    """``env`` with every value masked: names are shown, values never."""
-    return {key: MASK for key in env}

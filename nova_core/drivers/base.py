@@ -40,6 +40,9 @@ class Driver(abc.ABC):
 
     kind: ClassVar[DriverKind]
     options_model: ClassVar[type[DriverOptions]] = DriverOptions
+    #: Spec fields the driver can change on an existing resource through ``update``;
+    #: a change to any other field makes the engine replace the resource.
+    updatable_fields: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, name: str, context: DriverContext) -> None:
         self.name = name

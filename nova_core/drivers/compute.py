@@ -28,7 +28,6 @@ class ComputeDriver(Driver):
 
     kind: ClassVar[DriverKind] = DriverKind.COMPUTE
     instance_kinds: ClassVar[frozenset[ResourceKind]]
-    updatable_fields: ClassVar[frozenset[str]] = frozenset()
 
     @abc.abstractmethod
     def create(self, spec: InstanceSpec) -> ResourceStatus:

@@ -44,3 +44,10 @@ class NetworkDriver(Driver):
     @abc.abstractmethod
     def detach(self, spec: NetworkSpec, attachment: NetworkAttachment) -> None:
         """Undo :meth:`attach`; releases the instance's address."""
+
+    def update(self, spec: NetworkSpec, changed: frozenset[str]) -> ResourceStatus:
+        """Apply changes to ``changed`` (a subset of ``updatable_fields``).
+
+        This default suits fields that are only recorded: it changes nothing on the host.
+        """
+        return self.status(spec)

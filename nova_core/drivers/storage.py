@@ -29,3 +29,10 @@ class StorageDriver(Driver):
     @abc.abstractmethod
     def status(self, spec: VolumeSpec) -> ResourceStatus:
         """Observe the volume."""
+
+    def update(self, spec: VolumeSpec, changed: frozenset[str]) -> ResourceStatus:
+        """Apply changes to ``changed`` (a subset of ``updatable_fields``).
+
+        This default suits fields that are only recorded: it changes nothing on the host.
+        """
+        return self.status(spec)

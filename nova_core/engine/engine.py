@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +20,6 @@ from nova_core.drivers.models import (
     NetworkAttachment,
     NetworkSpec,
     ResourceKind,
-    ResourceRef,
     ResourceSpec,
     ResourceStatus,
     VmSpec,
@@ -121,17 +119,21 @@ class Engine:
         desired = novafile.specs
         selected = closure(desired, names) if names else set(desired)
         recorded = {row.key: row for row in self.store.resources(project)}
-        steps: list[PlanStep] = []
+        wanted: list[PlanStep] = []
         for key in dependency_order(desired):
             if key not in selected:
                 continue
             spec = desired[key]
-            steps.append(self._plan_one(spec, recorded.get(key), observe))
-        if not names:
-            steps.extend(self._deletions(
-                [row for key, row in recorded.items() if key not in desired],
-                "no longer in the NovaFile"))
-        plan = Plan(project=project, steps=steps)
+            wanted.append(self._plan_one(spec, recorded.get(key), observe))
+        gone = [] if names else [row for key, row in recorded.items() if key not in desired]
+        kept = [row.key for row in gone if row.kind == ResourceKind.VOLUME.value]
+        deletions = self._deletions([row for row in gone if row.key not in kept],
+                                    "no longer in the NovaFile")
+        # Instances go first (freeing names and ports for what replaces them);
+        # networks only after the instances that used them were changed.
+        steps = ([s for s in deletions if s.ref.kind in INSTANCE_KINDS] + wanted +
+                 [s for s in deletions if s.ref.kind not in INSTANCE_KINDS])
+        plan = Plan(project=project, steps=steps, kept=kept)
         if render:
             self.render(plan)
         return plan
@@ -222,30 +224,60 @@ class Engine:
         return Plan(project=project, steps=self._deletions(rows, "nova down"), kept=kept)
 
     # -- apply -------------------------------------------------------------------
-    def check_drivers(self, plan: Plan) -> None:
-        """Fail before touching anything if a driver a change needs is absent or broken."""
-        problems = []
+    def check_plan(self, plan: Plan) -> None:
+        """Refuse, before touching anything, a plan that cannot finish or would lose data.
+
+        Every driver a change needs (the recorded one too, for replace and removal)
+        must load; a volume is never replaced implicitly (that deletes its data); a
+        network is not replaced or removed while instances that stay are attached.
+        """
+        problems: list[str] = []
+
+        def note(message: str) -> None:
+            if message not in problems:
+                problems.append(message)
+
+        leaving = {s.ref.key for s in plan.changes
+                   if s.action in ("delete", "replace") and s.ref.kind in INSTANCE_KINDS}
         for step in plan.changes:
-            spec = step.spec or step.recorded
-            assert spec is not None
-            try:
-                self.driver_for(spec)
-                if isinstance(spec, VmSpec):
-                    for name in self._device_drivers(spec):
-                        self.driver(DriverKind.DEVICE, name)
-            except NovaError as error:
-                message = f"{step.ref.key}: {error.message}"
-                if error.hint:
-                    message += f" ({error.hint})"
-                if message not in problems:
-                    problems.append(message)
+            for spec in (step.spec, step.recorded if step.action != "create" or step.resume
+                         else None):
+                if spec is None:
+                    continue
+                try:
+                    self.driver_for(spec)
+                    if isinstance(spec, VmSpec):
+                        for name in self._device_drivers(spec):
+                            self.driver(DriverKind.DEVICE, name)
+                except NovaError as error:
+                    note(f"{step.ref.key}: {error.message}" +
+                         (f" ({error.hint})" if error.hint else ""))
+            if step.action == "replace" and step.ref.kind is ResourceKind.VOLUME:
+                note(f"{step.ref.key} would be replaced ({step.reason}), which deletes its data; "
+                     f"remove it first with `nova down --volumes {step.ref.name}` if that is meant")
+            if step.action in ("replace", "delete") and step.ref.kind is ResourceKind.NETWORK:
+                staying = [k for k in self.store.attached_to(step.ref.project, step.ref.name)
+                           if k not in leaving]
+                if staying:
+                    note(f"{step.ref.key} would be {'replaced' if step.action == 'replace' else 'removed'}"
+                         f" ({step.reason}) but {', '.join(staying)} "
+                         f"{'is' if len(staying) == 1 else 'are'} attached; take "
+                         f"{'it' if len(staying) == 1 else 'them'} down first "
+                         f"(nova down {' '.join(k.split('.', 1)[1] for k in staying)}), "
+                         "then run nova up")
         if problems:
             raise NovaError("cannot apply:\n" + "\n".join(f"  - {p}" for p in problems))
 
-    def apply(self, plan: Plan, reporter: Reporter | None = None) -> ApplyReport:
-        """Run the plan's changes in order; stop at the first failure with :class:`ApplyError`."""
+    def apply(self, plan: Plan, reporter: Reporter | None = None,
+              command: str = "nova up") -> ApplyReport:
+        """Run the plan's changes in order; stop at the first failure with :class:`ApplyError`.
+
+        :param command: what the user runs to try again, for the error's hint.
+        """
+        from nova_core.secrets import mask, secret_values
+
         reporter = reporter or SilentReporter()
-        self.check_drivers(plan)
+        self.check_plan(plan)
         report = ApplyReport()
         started = time.monotonic()
         changes = plan.changes
@@ -257,11 +289,12 @@ class Engine:
             except Exception as error:
                 message = error.message if isinstance(error, NovaError) else (
                     f"{type(error).__name__}: {error}")
+                message = mask(message, secret_values(step.spec, step.recorded))
                 reporter.step_failed(step, message)
                 raise ApplyError(
                     f"{step.ref.key}: {step.action} failed: {message}\n"
                     f"{index - 1} of {len(changes)} steps were applied and recorded.",
-                    hint="fix the cause and run `nova up` again: it continues from here",
+                    hint=f"fix the cause and run `{command}` again: it continues from here",
                 ) from error
             reporter.step_finished(step, time.monotonic() - begun)
             report.applied.append(step)
@@ -274,8 +307,8 @@ class Engine:
             self._remove(step.recorded)
         elif step.action == "replace":
             assert step.spec is not None
-            if step.recorded is not None:
-                self._remove(step.recorded)
+            # an unreadable recorded spec (e.g. after a plugin upgrade) is removed by ref
+            self._remove(step.recorded or step.spec, quiet=step.recorded is None)
             self._make(step.spec)
         elif step.action == "create":
             assert step.spec is not None
@@ -296,12 +329,17 @@ class Engine:
         self.registry.call_hook_safely("nova_lifecycle_event", event=event)
 
     def _call(self, action: str, spec: ResourceSpec, call: Callable[[], Any],
-              record: Callable[[Any], tuple[str, str, dict[str, str] | None]] | None = None) -> Any:
+              record: Callable[[Any], tuple[str, str, dict[str, str] | None]] | None = None,
+              making: bool = False) -> Any:
         """Run one driver call: lifecycle events, the operations log, and the state update.
 
         ``record`` maps the call's result to (state, detail, data) written in the same
-        transaction that closes the operation.
+        transaction that closes the operation. A failure while ``making`` the resource
+        marks it ``failed`` (the next ``nova up`` cleans it and makes it again); any
+        other failure (stop, snapshot...) only records the error beside its state.
         """
+        from nova_core.secrets import mask, secret_values
+
         ref = spec.ref
         op = self.store.begin_operation(ref.project, ref.kind.value, ref.name, action)
         self._event("before", action, spec)
@@ -309,11 +347,14 @@ class Engine:
             result = call()
         except Exception as error:
             message = error.message if isinstance(error, NovaError) else str(error)
+            message = mask(message, secret_values(spec))
             with self.store.transaction() as conn:
                 self.store.end_operation(conn, op, "failed", message)
-                if self.store.resource(ref.project, ref.kind.value, ref.name) is not None:
+                row = self.store.resource(ref.project, ref.kind.value, ref.name)
+                if row is not None:
+                    state = Lifecycle.FAILED.value if making else row.state
                     self.store.set_state(conn, ref.project, ref.kind.value, ref.name,
-                                         Lifecycle.FAILED.value, f"{action} failed: {message}")
+                                         state, f"{action} failed: {message}")
             self._event("failed", action, spec, message)
             raise
         with self.store.transaction() as conn:
@@ -341,12 +382,14 @@ class Engine:
         if isinstance(driver, ComputeDriver):
             assert isinstance(spec, InstanceSpec)
             spec = self._prepare_instance(spec)
-            self._call("create", spec, lambda: driver.create(spec), self._status_record)
-            self._call("start", spec, lambda: driver.start(spec), self._status_record)
+            self._call("create", spec, lambda: driver.create(spec), self._status_record,
+                       making=True)
+            self._call("start", spec, lambda: driver.start(spec), self._status_record,
+                       making=True)
         else:
             assert isinstance(driver, NetworkDriver | StorageDriver)
             self._call("create", spec, lambda: driver.create(spec),  # type: ignore[arg-type]
-                       self._status_record)
+                       self._status_record, making=True)
 
     def _prepare_instance(self, spec: InstanceSpec) -> InstanceSpec:
         """Reserve devices and attach networks, recording each before it is made."""
@@ -360,7 +403,8 @@ class Engine:
                 claim = DeviceClaim(holder=ref, gpu=spec.gpu_passthrough and name == "vfio",
                                     addresses=wanted)
                 assigned.extend(self._call("reserve-devices", spec,
-                                           lambda d=device_driver, c=claim: d.reserve(c)))
+                                           lambda d=device_driver, c=claim: d.reserve(c),
+                                           making=True))
         attachments: list[NetworkAttachment] = []
         for net_name in spec.networks:
             net_row = self.store.resource(ref.project, "network", net_name)
@@ -376,7 +420,8 @@ class Engine:
                 self.store.put_attachment(conn, ref.project, ref.kind.value, ref.name, net_name,
                                           pending.model_dump_json())
             attachment = self._call("attach", spec,
-                                    lambda d=net_driver, n=net_spec: d.attach(n, spec))
+                                    lambda d=net_driver, n=net_spec: d.attach(n, spec),
+                                    making=True)
             with self.store.transaction() as conn:
                 self.store.put_attachment(conn, ref.project, ref.kind.value, ref.name, net_name,
                                           attachment.model_dump_json())
@@ -397,18 +442,21 @@ class Engine:
 
     def _update(self, step: PlanStep) -> None:
         spec = step.spec
-        assert isinstance(spec, InstanceSpec)
+        assert spec is not None
         driver = self.driver_for(spec)
-        assert isinstance(driver, ComputeDriver)
-        row = self.store.resource(spec.ref.project, spec.ref.kind.value, spec.ref.name)
-        recorded = self.recorded_spec(row) if row else spec
-        assert isinstance(recorded, InstanceSpec)
-        live = spec.model_copy(update={"attachments": recorded.attachments,
-                                       "assigned_devices": recorded.assigned_devices})
-        if step.start_only:
-            self._call("start", live, lambda: driver.start(live), self._status_record)
-            return
-        status = self._call("update", live, lambda: driver.update(live, step.changed))
+        live = spec
+        if isinstance(spec, InstanceSpec):
+            assert isinstance(driver, ComputeDriver)
+            row = self.store.resource(spec.ref.project, spec.ref.kind.value, spec.ref.name)
+            recorded = self.recorded_spec(row) if row else spec
+            assert isinstance(recorded, InstanceSpec)
+            live = spec.model_copy(update={"attachments": recorded.attachments,
+                                           "assigned_devices": recorded.assigned_devices})
+            if step.start_only:
+                self._call("start", live, lambda: driver.start(live), self._status_record)
+                return
+        status = self._call("update", live,
+                            lambda: driver.update(live, step.changed))  # type: ignore[attr-defined]
         with self.store.transaction() as conn:
             self.store.put_resource(conn, live.ref.project, live.ref.kind.value, live.ref.name,
                                     live.driver, specmod.spec_json(live), specmod.spec_hash(live),
@@ -488,15 +536,6 @@ class Engine:
                                 info.model_dump_json())
         return info
 
-    @staticmethod
-    def ref(project: str, kind: ResourceKind, name: str) -> ResourceRef:
-        """Build a ref."""
-        return ResourceRef(project=project, kind=kind, name=name)
-
-
-def attachments_json(store: Store, ref: ResourceRef) -> list[dict[str, Any]]:
-    """An instance's recorded attachments as JSON-ready dicts."""
-    return [json.loads(v) for v in store.attachments(ref.project, ref.kind.value, ref.name).values()]
 
 
 __all__ = ["ApplyReport", "Engine", "INSTANCE_KINDS", "Reporter", "SilentReporter"]
