@@ -337,3 +337,82 @@ def test_schema_has_core_and_driver_keys(run_nova, nova_fake_drivers) -> None:
     assert "(driver 'fake')" in vm["properties"]["fail_on"]["description"]
     assert vm["additionalProperties"] is False
     assert set(schema["properties"]) == {"project", "vm", "container", "network", "volume"}
+
+
+@pytest.mark.parametrize("text", [
+    "[[network]]\nx = 1\n",
+    "[[volume]]\nx = 1\n",
+    "network = 5\n",
+    "[vm.a]\nnetwork = 5\n",
+    "[vm.a]\nenv = 3\n",
+    "[vm.a]\ndisks = [{size = 1}]\n",
+    "[container.a]\nhealthcheck = 'x'\n",
+])
+def test_odd_shapes_are_errors_not_crashes(project_dir: Path, text: str) -> None:
+    found = problems(write_novafile(project_dir, text))
+    assert found and all(p.startswith("NovaFile:") for p in found)
+
+
+@pytest.mark.parametrize("text", ["[[services]]\nimage = 'x'\n", "services = 5\n"])
+def test_odd_boltfile_shapes_use_boltfile_names(project_dir: Path, text: str) -> None:
+    [message] = problems(write_novafile(project_dir, text, name="Boltfile.toml"))
+    assert "services: must be a table of tables, like [services.NAME]" in message
+
+
+def test_names_cannot_hide_a_newline(project_dir: Path) -> None:
+    found = problems(write_novafile(project_dir, 'project = "p\\n"\n[volume."v\\n"]\n'))
+    assert len(found) == 2
+
+
+def test_clone_of_itself_and_clone_cycles(project_dir: Path) -> None:
+    found = problems(write_novafile(project_dir, """
+        [vm.x]
+        clone = "x"
+        [vm.a]
+        clone = "b"
+        [vm.b]
+        clone = "a"
+    """))
+    assert any("vm.x.clone: a vm cannot be a clone of itself" in p for p in found)
+    assert any("depends_on and clone form a cycle: vm.a -> vm.b -> vm.a" in p for p in found)
+
+
+def test_no_follow_on_errors_from_an_invalid_entry(project_dir: Path) -> None:
+    [message] = problems(write_novafile(project_dir, """
+        [container.db]
+        memory = "lots"
+        [container.web]
+        depends_on = ["db"]
+    """))
+    assert "container.db.memory" in message
+
+
+@pytest.mark.parametrize("value", ["true", '"inf"', "inf", "nan"])
+def test_cpu_must_be_a_finite_number(project_dir: Path, value: str) -> None:
+    [message] = problems(write_novafile(project_dir, f"[vm.a]\ncpu = {value}\n"))
+    assert "vm.a.cpu" in message
+
+
+def test_infinite_timeout_and_empty_env_name(project_dir: Path) -> None:
+    found = problems(write_novafile(project_dir, '[vm.a]\nstop_timeout = inf\nenv = {"" = "x"}\n'))
+    assert any("vm.a.stop_timeout" in p for p in found) and any("vm.a.env" in p for p in found)
+
+
+def test_a_port_on_all_addresses_clashes_with_one_address(project_dir: Path) -> None:
+    [message] = problems(write_novafile(project_dir, """
+        [vm.a]
+        ports = ["8080:80"]
+        [vm.b]
+        ports = ["127.0.0.1:8080:80", "127.0.0.2:9090:90", "127.0.0.3:9090:90"]
+    """))
+    assert "vm.b.ports: host port 8080/tcp is published also by vm.a" in message
+
+
+def test_boltfile_duplicate_spellings_name_both(project_dir: Path) -> None:
+    [message] = problems(write_novafile(project_dir, """
+        [services.web]
+        image = "nginx"
+        environment = { A = "1" }
+        env = { B = "2" }
+    """, name="Boltfile.toml"))
+    assert "services.web.env: 'environment' and 'env' mean the same; keep one" in message

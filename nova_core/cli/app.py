@@ -79,6 +79,19 @@ def file_option(flags: tuple[str, ...] = ("-f", "--file")) -> Callable[[Any], An
                              "Boltfile.toml in the current folder).")
 
 
+def _project_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from nova_core.names import NAME_RULE, is_valid_name
+
+    if value is not None and not is_valid_name(value):
+        raise click.BadParameter(f"'{value}' is not a project name ({NAME_RULE})")
+    return value
+
+
+def project_option(help_text: str) -> Callable[[Any], Any]:
+    """The -p/--project option, checked like project names in a NovaFile."""
+    return click.option("-p", "--project", default=None, callback=_project_name, help=help_text)
+
+
 def json_option() -> Callable[[Any], Any]:
     """The --json flag."""
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -139,12 +152,13 @@ def validate(app: App, file: str | None, as_json: bool) -> None:
     from nova_core.errors import NovaFileError
     from nova_core.novafile.loader import find_novafile, load_novafile
 
-    path = find_novafile(file)
     try:
+        path = find_novafile(file)
         loaded = load_novafile(path, app.registry)
-    except NovaFileError as error:
+    except NovaError as error:
         if as_json:
-            print_json({"file": str(path), "valid": False, "errors": error.problems})
+            problems = error.problems if isinstance(error, NovaFileError) else [str(error)]
+            print_json({"file": file, "valid": False, "errors": problems})
             raise click.exceptions.Exit(1) from error
         raise
     if as_json:
@@ -261,7 +275,7 @@ def _project_for_down(app: App, file: str | None, project: str | None) -> str:
 
 @cli.command()
 @file_option()
-@click.option("-p", "--project", default=None, help="Project to take down (default: the NovaFile's).")
+@project_option("Project to take down (default: the NovaFile's).")
 @click.option("--volumes", is_flag=True, help="Also remove named volumes and their data.")
 @click.argument("names", nargs=-1)
 @pass_app
@@ -283,7 +297,7 @@ def down(app: App, file: str | None, project: str | None, volumes: bool,
 # -- listing ------------------------------------------------------------------------------------
 @cli.command("ls")
 @json_option()
-@click.option("-p", "--project", default=None, help="Only this project.")
+@project_option("Only this project.")
 @pass_app
 def list_instances(app: App, as_json: bool, project: str | None) -> None:
     """List every VM and capsule Nova has recorded, with its state."""
@@ -307,7 +321,7 @@ def net() -> None:
 
 @net.command("ls")
 @json_option()
-@click.option("-p", "--project", default=None, help="Only this project.")
+@project_option("Only this project.")
 @pass_app
 def net_ls(app: App, as_json: bool, project: str | None) -> None:
     """List the networks Nova has recorded."""
@@ -354,7 +368,7 @@ def _resolve_project(app: App, kind: str, name: str, file: str | None,
 
 def instance_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """KIND NAME arguments plus --file and --project."""
-    func = click.option("-p", "--project", default=None, help="Project of the instance.")(func)
+    func = project_option("Project of the instance.")(func)
     func = file_option(("--file",))(func)
     func = click.argument("name")(func)
     return click.argument("kind", type=INSTANCE_KIND)(func)

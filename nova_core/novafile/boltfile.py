@@ -58,7 +58,8 @@ def _service(
     for key, value in table.items():
         new = RENAMES.get(key, key)
         if new in result:
-            problems.append(((*label, key), f"'{key}' and '{new}' mean the same; keep one"))
+            other = renamed.get(new, new)
+            problems.append(((*label, key), f"'{other}' and '{key}' mean the same; keep one"))
             continue
         if new != key:
             renamed[new] = key

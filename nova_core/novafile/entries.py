@@ -11,9 +11,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
+from nova_core.names import NAME_PATTERN  # noqa: F401 - re-exported
 from nova_core.units import parse_size
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 
 
@@ -23,11 +23,13 @@ def _size(value: object) -> int:
 
 def parse_duration(value: object) -> float:
     """Seconds from ``5``, ``2.5``, ``"500ms"``, ``"10s"``, ``"1m"``, ``"1h"``."""
+    import math
+
     if isinstance(value, bool):
         raise ValueError("a duration must be a number of seconds or a string like '10s'")
     if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
+        if value < 0 or not math.isfinite(value):
+            raise ValueError("a duration must be a finite number of seconds, 0 or more")
         return float(value)
     if isinstance(value, str):
         match = _DURATION_RE.match(value)
@@ -35,6 +37,13 @@ def parse_duration(value: object) -> float:
             factor = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[match.group(2)]
             return float(match.group(1)) * factor
     raise ValueError(f"'{value}' is not a duration; use seconds or a string like '500ms', '10s', '1m'")
+
+
+def _number(value: object) -> object:
+    """Refuse booleans where a number is wanted (pydantic would take true as 1)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true or false")
+    return value
 
 
 def _str_list(value: object) -> object:
@@ -64,6 +73,8 @@ def _env(value: object) -> object:
     if isinstance(value, dict):
         out: dict[str, str] = {}
         for key, val in value.items():
+            if not key or "=" in key:
+                raise ValueError(f"'{key}' is not a variable name")
             if isinstance(val, bool):
                 out[key] = "true" if val else "false"
             elif isinstance(val, int | float | str):
@@ -75,6 +86,7 @@ def _env(value: object) -> object:
 
 
 Size = Annotated[int, BeforeValidator(_size)]
+Number = Annotated[float, BeforeValidator(_number), Field(allow_inf_nan=False)]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 StrList = Annotated[list[str], BeforeValidator(_str_list)]
 Command = Annotated[list[str], BeforeValidator(_command)]
@@ -90,7 +102,7 @@ class _Entry(BaseModel):
 
 class _InstanceEntry(_Entry):
     image: str | None = Field(None, description="image path or name")
-    cpu: float | None = Field(None, gt=0, description="virtual CPUs (containers: fractions allowed)")
+    cpu: Number | None = Field(None, gt=0, description="virtual CPUs (containers: fractions allowed)")
     memory: Size | None = Field(None, description="memory, e.g. '512Mi', '16Gi'")
     network: StrList = Field(default_factory=list, description="network name(s) to attach to")
     ports: StrList = Field(default_factory=list, description="published ports 'HOST:TARGET[/udp]'")
@@ -174,7 +186,8 @@ class ContainerEntry(_InstanceEntry):
 
     capsule: str | None = Field(None, description="OCI image reference, e.g. 'ubuntu:22.04'")
     build: str | None = Field(None, description="folder to build the image from")
-    pids: int | None = Field(None, ge=1, description="maximum number of processes")
+    pids: Annotated[int, BeforeValidator(_number)] | None = Field(
+        None, ge=1, description="maximum number of processes")
     hostname: str | None = None
     workdir: str | None = None
     user: str | None = None

@@ -30,6 +30,7 @@ from nova_core.drivers.models import (
     VolumeSpec,
 )
 from nova_core.errors import DriverConflict, DriverLoadError, NovaError, NovaFileError
+from nova_core.names import is_valid_name
 from nova_core.novafile import entries
 from nova_core.novafile.boltfile import Translation, translate_boltfile
 from nova_core.novafile.locate import index_lines, line_of
@@ -102,8 +103,14 @@ class _Problems:
         self.items: list[tuple[int, str]] = []
 
     def label(self, kind: str, name: str) -> tuple[str, ...]:
-        if self.translation and (kind, name) in self.translation.labels:
-            return self.translation.labels[(kind, name)]
+        """The table path as the user wrote it (a Boltfile's ``services.NAME``)."""
+        if self.translation:
+            from nova_core.novafile.boltfile import BOLTFILE_TOP_LEVEL
+
+            if (kind, name) in self.translation.labels:
+                return self.translation.labels[(kind, name)]
+            users = {v: k for k, v in BOLTFILE_TOP_LEVEL.items()}
+            return (users.get(kind, kind), name)
         return (kind, name)
 
     def user_key(self, kind: str, name: str, key: str) -> str:
@@ -193,7 +200,7 @@ def load_novafile(path: Path, registry: PluginRegistry) -> NovaFile:
     project = data.get("project")
     if project is None:
         project = path.resolve().parent.name
-    if not isinstance(project, str) or not _valid_name(project):
+    if not isinstance(project, str) or not is_valid_name(project):
         problems.add_at(("project",), "must be a name of letters, digits, '.', '_' or '-' "
                         "(at most 63 characters, starting with a letter or digit)")
         project = "invalid"
@@ -203,13 +210,15 @@ def load_novafile(path: Path, registry: PluginRegistry) -> NovaFile:
     for kind in KINDS:
         tables = data.get(kind, {})
         if not isinstance(tables, dict):
-            problems.add_at((kind,), f"must be a table of {kind}s, like [{kind}.NAME]")
+            label = problems.label(kind, "NAME")[0]
+            problems.add_at((label,), f"must be a table of tables, like [{label}.NAME]")
             continue
         for name, table in tables.items():
             if not isinstance(table, dict):
-                problems.add(kind, name, (), f"must be a table, like [{kind}.{name}]")
+                label = ".".join(problems.label(kind, name))
+                problems.add(kind, name, (), f"must be a table, like [{label}]")
                 continue
-            if not _valid_name(name):
+            if not is_valid_name(name):
                 problems.add(kind, name, (), "invalid name: use letters, digits, '.', '_' or '-' "
                              "(at most 63 characters, starting with a letter or digit)")
                 continue
@@ -221,12 +230,6 @@ def load_novafile(path: Path, registry: PluginRegistry) -> NovaFile:
     _cross_check(specs, data, problems)
     problems.raise_if_any()
     return NovaFile(path=path, project=project, specs=specs, notes=notes, is_boltfile=is_bolt)
-
-
-def _valid_name(name: str) -> bool:
-    import re
-
-    return re.match(entries.NAME_PATTERN, name) is not None
 
 
 def _load_entry(
@@ -369,69 +372,83 @@ def _build_spec(
     return VolumeSpec(**common, size=entry.size)
 
 
+def _declared(data: dict[str, Any], kind: str) -> set[str]:
+    """Names of the ``kind`` tables the file declares, valid or not."""
+    tables = data.get(kind)
+    return set(tables) if isinstance(tables, dict) else set()
+
+
 def _cross_check(specs: dict[str, ResourceSpec], data: dict[str, Any], problems: _Problems) -> None:
-    instances: dict[str, ResourceSpec] = {}
-    for spec in specs.values():
-        if spec.ref.kind in (ResourceKind.VM, ResourceKind.CONTAINER):
-            other = instances.get(spec.ref.name)
-            if other is not None:
-                problems.add(spec.ref.kind.value, spec.ref.name, (),
-                             f"{other.ref.key} has the same name; instance names must be unique "
-                             "(they are also DNS names)")
-            instances[spec.ref.name] = spec
-    networks = {s.ref.name for s in specs.values() if s.ref.kind is ResourceKind.NETWORK}
-    volumes = {s.ref.name for s in specs.values() if s.ref.kind is ResourceKind.VOLUME}
-    declared_networks = set(data.get("network", {}) or {})
-    declared_volumes = set(data.get("volume", {}) or {})
-    for spec in instances.values():
+    """References between tables: networks, volumes, depends_on, clone; names; cycles.
+
+    Existence is checked against every declared table, so an entry that failed
+    its own validation does not cause follow-on "not declared" errors.
+    """
+    declared_vms, declared_containers = _declared(data, "vm"), _declared(data, "container")
+    declared_instances = declared_vms | declared_containers
+    declared_networks, declared_volumes = _declared(data, "network"), _declared(data, "volume")
+    for name in sorted(declared_vms & declared_containers):
+        problems.add("container", name, (), f"vm.{name} has the same name; instance names must "
+                     "be unique (they are also DNS names)")
+    instances = [s for s in specs.values() if isinstance(s, VmSpec | ContainerSpec)]
+    for spec in instances:
         kind, name = spec.ref.kind.value, spec.ref.name
-        assert isinstance(spec, VmSpec | ContainerSpec)
         for net in spec.networks:
             if net in SPECIAL_NETWORKS[kind] or net in declared_networks:
                 continue
             problems.add(kind, name, ("network",), f"network '{net}' is not declared"
-                         f"{_did_you_mean(net, networks)}; add a [network.{net}] table")
+                         f"{_did_you_mean(net, declared_networks)}; add a [network.{net}] table")
         for index, mount in enumerate(spec.volumes):
             if mount.type == "volume" and mount.source not in declared_volumes:
-                hint = _did_you_mean(mount.source, volumes)
+                hint = _did_you_mean(mount.source, declared_volumes)
                 problems.add(kind, name, ("volumes", index),
                              f"volume '{mount.source}' is not declared{hint}; add a "
                              f"[volume.{mount.source}] table, or write a path like ./{mount.source}")
         for dep in spec.depends_on:
             if dep == name:
                 problems.add(kind, name, ("depends_on",), "an instance cannot depend on itself")
-            elif dep not in instances:
+            elif dep not in declared_instances:
                 problems.add(kind, name, ("depends_on",), f"'{dep}' is not a declared vm or "
-                             f"container{_did_you_mean(dep, set(instances))}")
+                             f"container{_did_you_mean(dep, declared_instances)}")
         if isinstance(spec, VmSpec) and spec.clone is not None:
-            source = instances.get(spec.clone)
-            if source is None or source.ref.kind is not ResourceKind.VM:
-                problems.add(kind, name, ("clone",), f"'{spec.clone}' is not a declared vm")
-    all_instances = [s for s in specs.values()
-                     if s.ref.kind in (ResourceKind.VM, ResourceKind.CONTAINER)]
-    _check_port_clashes(all_instances, problems)
-    cycle = find_cycle({n: [d for d in s.depends_on if d in instances]
-                        for n, s in instances.items()})
+            if spec.clone == name:
+                problems.add(kind, name, ("clone",), "a vm cannot be a clone of itself")
+            elif spec.clone not in declared_vms:
+                problems.add(kind, name, ("clone",), f"'{spec.clone}' is not a declared vm"
+                             f"{_did_you_mean(spec.clone, declared_vms)}")
+    _check_port_clashes(instances, problems)
+    by_name = {s.ref.name: s for s in instances}
+    graph = {}
+    for spec in instances:
+        edges = [d for d in spec.depends_on if d in by_name and d != spec.ref.name]
+        if isinstance(spec, VmSpec) and spec.clone in by_name and spec.clone != spec.ref.name:
+            edges.append(spec.clone)
+        graph[spec.ref.name] = edges
+    cycle = find_cycle(graph)
     if cycle:
-        first = instances[cycle[0]]
-        chain = " -> ".join(instances[n].ref.key for n in cycle)
-        problems.add(first.ref.kind.value, first.ref.name, ("depends_on",),
-                     f"depends_on forms a cycle: {chain}")
+        first = by_name[cycle[0]]
+        chain = " -> ".join(by_name[n].ref.key for n in cycle)
+        via_clone = any(isinstance(by_name[a], VmSpec) and by_name[a].clone == b  # type: ignore[union-attr]
+                        for a, b in zip(cycle, cycle[1:], strict=False))
+        what = "depends_on and clone form a cycle" if via_clone else "depends_on forms a cycle"
+        problems.add(first.ref.kind.value, first.ref.name, ("depends_on",), f"{what}: {chain}")
 
 
 def _check_port_clashes(instances: list[ResourceSpec], problems: _Problems) -> None:
-    """A host port (address, port, protocol) may be published once in the whole file."""
-    owners: dict[tuple[str | None, int, str], str] = {}
+    """A host port may be published once per protocol; no address means every address."""
+    owners: dict[tuple[int, str], list[tuple[str | None, str]]] = {}
     for spec in instances:
         assert isinstance(spec, VmSpec | ContainerSpec)
         for mapping in spec.ports:
-            key = (mapping.host_ip, mapping.host_port, mapping.protocol)
-            owner = owners.get(key)
-            if owner is not None:
-                by = "twice by this instance" if owner == spec.ref.key else f"also by {owner}"
-                problems.add(spec.ref.kind.value, spec.ref.name, ("ports",),
-                             f"host port {mapping.host_port}/{mapping.protocol} is published {by}")
-            owners.setdefault(key, spec.ref.key)
+            taken = owners.setdefault((mapping.host_port, mapping.protocol), [])
+            for ip, owner in taken:
+                if ip is None or mapping.host_ip is None or ip == mapping.host_ip:
+                    by = ("twice by this instance" if owner == spec.ref.key
+                          else f"also by {owner}")
+                    problems.add(spec.ref.kind.value, spec.ref.name, ("ports",),
+                                 f"host port {mapping.host_port}/{mapping.protocol} is published {by}")
+                    break
+            taken.append((mapping.host_ip, spec.ref.key))
 
 
 def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:

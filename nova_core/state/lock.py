@@ -28,12 +28,26 @@ def project_lock(
 
     :param timeout: seconds to wait before giving up; ``NOVA_LOCK_TIMEOUT`` or 600 by default.
     """
+    from nova_core.names import NAME_RULE, is_valid_name
+
+    if not is_valid_name(project):
+        raise StateError(f"'{project}' is not a project name ({NAME_RULE})")
     if timeout is None:
-        timeout = float(os.environ.get("NOVA_LOCK_TIMEOUT", "600"))
+        raw = os.environ.get("NOVA_LOCK_TIMEOUT", "600")
+        try:
+            timeout = float(raw)
+        except ValueError:
+            raise StateError(f"NOVA_LOCK_TIMEOUT={raw!r} is not a number of seconds",
+                             hint="set it to e.g. 600, or unset it") from None
     lock_dir = nova_home / "locks"
-    lock_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = lock_dir / f"{project}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        lock_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as error:
+        raise StateError(f"cannot use {path}: {error.strerror}",
+                         hint="check NOVA_HOME and its permissions (run as root for "
+                              "/var/lib/nova)") from error
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -127,9 +127,9 @@ class Store:
         if readonly and not self.path.exists():
             self._conn: sqlite3.Connection | None = None
             return
-        if not readonly:
-            self.nova_home.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
+            if not readonly:
+                self.nova_home.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._conn = sqlite3.connect(
                 self.path, timeout=30.0, isolation_level=None, check_same_thread=False
             )
@@ -139,7 +139,7 @@ class Store:
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute("PRAGMA foreign_keys=ON")
             self._migrate()
-        except sqlite3.DatabaseError as error:
+        except (sqlite3.DatabaseError, OSError) as error:
             raise StateError(
                 f"cannot use the state database {self.path}: {error}",
                 hint="check the file and its permissions; NOVA_HOME selects another folder",
@@ -177,7 +177,11 @@ class Store:
         """One atomic step: ``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error)."""
         if self._conn is None:
             raise StateError("the state database is not open")
-        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as error:
+            raise StateError(f"the state database {self.path} is busy or unusable: {error}",
+                             hint="another nova process may be holding it; try again") from error
         try:
             yield self._conn
         except BaseException:

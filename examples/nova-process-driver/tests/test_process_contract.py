@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from nova_process.driver import ProcessDriver
 
 from nova_core.drivers.base import DriverContext
 from nova_core.drivers.models import ContainerSpec, ResourceKind, ResourceRef
 from nova_core.testing.contracts import ComputeDriverContract
-from nova_process.driver import ProcessDriver
 
 
 class TestProcessDriverContract(ComputeDriverContract):

@@ -1,0 +1,14 @@
+"""Names of projects and resources (no heavy imports: the CLI checks ``-p`` with this)."""
+
+from __future__ import annotations
+
+import re
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+NAME_RULE = ("letters, digits, '.', '_' or '-', at most 63 characters, starting with a letter "
+             "or digit")
+
+
+def is_valid_name(name: object) -> bool:
+    """True for a valid project or resource name (the whole string, no trailing newline)."""
+    return isinstance(name, str) and re.fullmatch(NAME_PATTERN, name) is not None
