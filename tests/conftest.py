@@ -1,13 +1,10 @@
-"""Shared helpers for the core tests (fixtures come from nova_core.testing)."""
+"""Fixtures for the core tests (more come from nova_core.testing's pytest plugin)."""
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -16,10 +13,3 @@ def project_dir(tmp_path: Path) -> Path:
     folder = tmp_path / "proj"
     folder.mkdir()
     return folder
-
-
-def write_novafile(folder: Path, text: str, name: str = "NovaFile") -> Path:
-    """Write a dedented NovaFile into ``folder``."""
-    path = folder / name
-    path.write_text(textwrap.dedent(text).lstrip())
-    return path

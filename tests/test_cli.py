@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from nova_test_helpers import REPO
 
 QUICKSTART = str(REPO / "examples" / "quickstart" / "NovaFile")
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import write_novafile
+from nova_test_helpers import write_novafile
 
 LAB = """
 project = "lab"

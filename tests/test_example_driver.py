@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from conftest import REPO, write_novafile
+from nova_test_helpers import REPO, write_novafile
 
 EXAMPLE = REPO / "examples" / "nova-process-driver"
 

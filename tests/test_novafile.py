@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import REPO, write_novafile
+from nova_test_helpers import REPO, write_novafile
 
 from nova_core.drivers.models import ContainerSpec, NetworkSpec, VmSpec
 from nova_core.errors import NovaError, NovaFileError

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import write_novafile
+from nova_test_helpers import write_novafile
 
 from nova_core.drivers.models import DriverKind
 from nova_core.errors import DriverConflict, DriverLoadError, DriverNotFound

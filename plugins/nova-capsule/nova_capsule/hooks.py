@@ -1,13 +1,22 @@
-"""nova-capsule's hooks: host checks for ``nova doctor``."""
+"""nova-capsule's hooks: host checks for ``nova doctor`` and the ``nova image`` commands."""
 
 from __future__ import annotations
 
 import shutil
+from typing import Any
 
 from nova_core.hookspecs import hookimpl
 from nova_core.hooktypes import CheckResult, program_check
 
 CATEGORY = "nova-capsule"
+
+
+@hookimpl
+def nova_cli_commands() -> list[Any]:
+    """``nova image pull|ls|rm|import``."""
+    from nova_capsule.cli import image_group
+
+    return [image_group]
 
 
 @hookimpl

@@ -1,0 +1,155 @@
+"""Extract an image layer (tar or tar+gzip) into a folder usable as an overlay lower dir.
+
+OCI whiteouts become overlayfs ones: ``.wh.NAME`` a 0/0 character device
+``NAME``, ``.wh..wh..opq`` the ``trusted.overlay.opaque=y`` attribute on its
+folder. Ownership, modes (setuid included), times, device nodes, hard links and
+extended attributes are kept. Member paths are checked so that nothing is
+written outside the layer's folder: absolute paths and ``..`` are refused, and
+so is any path that would pass through a symbolic link.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tarfile
+from pathlib import Path, PurePosixPath
+
+from nova_core.errors import NovaError
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_MARKER = ".wh..wh..opq"
+
+
+class LayerError(NovaError):
+    """A layer that cannot be extracted safely."""
+
+
+def _clean_name(name: str, layer: str) -> tuple[str, ...]:
+    parts = [p for p in PurePosixPath(name).parts if p not in ("", ".", "/")]
+    if name.startswith("/") and not parts:
+        return ()
+    if any(p == ".." for p in parts):
+        raise LayerError(f"layer {layer} has a member outside its root: {name!r}")
+    return tuple(parts)
+
+
+def _safe_dir(root: Path, parts: tuple[str, ...], layer: str) -> Path:
+    """The folder ``root/parts``, made if missing; never through a symbolic link."""
+    current = root
+    for part in parts:
+        current = current / part
+        try:
+            info = os.lstat(current)
+        except FileNotFoundError:
+            os.mkdir(current, 0o755)
+            continue
+        if stat.S_ISLNK(info.st_mode):
+            raise LayerError(f"layer {layer} writes through a symbolic link at "
+                             f"{'/'.join(parts)}: refused")
+        if not stat.S_ISDIR(info.st_mode):
+            os.unlink(current)
+            os.mkdir(current, 0o755)
+    return current
+
+
+def _remove(path: Path) -> None:
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(info.st_mode):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+
+
+def extract_layer(blob: Path, target: Path, name: str = "") -> None:
+    """Extract ``blob`` into ``target`` (made atomically: a failed extraction leaves nothing)."""
+    layer = name or blob.name
+    partial = target.with_name(target.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    directories: list[tuple[Path, tarfile.TarInfo]] = []
+    try:
+        try:
+            archive = tarfile.open(blob, "r:*")
+        except tarfile.TarError as error:
+            raise LayerError(f"layer {layer} is not a tar archive (or uses a compression "
+                             f"Nova does not read, e.g. zstd): {error}") from error
+        with archive:
+            for member in archive:
+                _extract_member(archive, member, partial, layer, directories)
+        for path, member in reversed(directories):
+            _apply_metadata(path, member)
+        os.rename(partial, target)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+
+
+def _extract_member(archive: tarfile.TarFile, member: tarfile.TarInfo, root: Path, layer: str,
+                    directories: list[tuple[Path, tarfile.TarInfo]]) -> None:
+    parts = _clean_name(member.name, layer)
+    if not parts:
+        if member.isdir():
+            directories.append((root, member))
+        return
+    parent = _safe_dir(root, parts[:-1], layer)
+    base = parts[-1]
+    if base == OPAQUE_MARKER:
+        os.setxattr(parent, "trusted.overlay.opaque", b"y")
+        return
+    if base.startswith(WHITEOUT_PREFIX):
+        hidden = parent / base[len(WHITEOUT_PREFIX):]
+        _remove(hidden)
+        os.mknod(hidden, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+        return
+    path = parent / base
+    if member.isdir():
+        if os.path.lexists(path) and not path.is_dir() or path.is_symlink():
+            _remove(path)
+        path.mkdir(exist_ok=True)
+        directories.append((path, member))
+        return
+    _remove(path)
+    if member.isreg():
+        source = archive.extractfile(member)
+        assert source is not None
+        with source, open(path, "wb") as out:
+            shutil.copyfileobj(source, out, 1 << 20)
+    elif member.issym():
+        os.symlink(member.linkname, path)
+    elif member.islnk():
+        link_parts = _clean_name(member.linkname, layer)
+        source_path = _safe_dir(root, link_parts[:-1], layer) / link_parts[-1]
+        if not os.path.lexists(source_path):
+            raise LayerError(f"layer {layer}: hard link {member.name!r} points at "
+                             f"{member.linkname!r}, which the layer does not have")
+        os.link(source_path, path, follow_symlinks=False)
+        return
+    elif member.ischr() or member.isblk():
+        kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
+        os.mknod(path, kind | (member.mode & 0o7777),
+                 os.makedev(member.devmajor, member.devminor))
+    elif member.isfifo():
+        os.mkfifo(path, member.mode & 0o7777)
+    else:
+        return
+    _apply_metadata(path, member)
+
+
+def _apply_metadata(path: Path, member: tarfile.TarInfo) -> None:
+    os.lchown(path, member.uid, member.gid)
+    if not member.issym():
+        os.chmod(path, member.mode & 0o7777)
+    for key, value in member.pax_headers.items():
+        if key.startswith("SCHILY.xattr."):
+            try:
+                os.setxattr(path, key[len("SCHILY.xattr."):], value.encode("utf-8", "surrogateescape"),
+                            follow_symlinks=False)
+            except OSError:
+                pass  # an attribute this filesystem does not take (e.g. security.* labels)
+    os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)

@@ -1,0 +1,202 @@
+"""Image references, the registry client and the store, against a real local registry."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import stat
+import tarfile
+from pathlib import Path
+
+import pytest
+from nova_capsule.layers import LayerError, extract_layer
+from nova_capsule.reference import parse_reference
+from nova_capsule.registry import RegistryClient
+from nova_capsule.store import ImageStore
+from nova_capsule.testing import busybox_layer, image_config, layer_tar
+
+from nova_core.errors import NovaError
+
+
+@pytest.mark.parametrize(("text", "registry", "repository", "tag"), [
+    ("ubuntu:22.04", "docker.io", "library/ubuntu", "22.04"),
+    ("postgres", "docker.io", "library/postgres", "latest"),
+    ("bolt://nginx:latest", "reg.local:5000", "nginx", "latest"),
+    ("127.0.0.1:5000/team/app:1.2", "127.0.0.1:5000", "team/app", "1.2"),
+    ("localhost/app", "localhost", "app", "latest"),
+])
+def test_references(text: str, registry: str, repository: str, tag: str) -> None:
+    default = "reg.local:5000" if text.startswith("bolt://") else "docker.io"
+    ref = parse_reference(text, default)
+    assert (ref.registry, ref.repository, ref.tag) == (registry, repository, tag)
+
+
+@pytest.mark.parametrize("bad", ["", "UPPER/case", "a:b:c", "x@sha256:123", "bolt://"])
+def test_bad_references(bad: str) -> None:
+    with pytest.raises(NovaError):
+        parse_reference(bad)
+
+
+def test_pull_verifies_and_extracts(tmp_path: Path, registry) -> None:
+    store = ImageStore(tmp_path / "images")
+    ref = parse_reference(f"{registry.address}/test/busybox:1")
+    seen: list[int] = []
+    record = store.pull(ref, RegistryClient(ref), lambda what, done, total: seen.append(done))
+    assert record.name == f"{registry.address}/test/busybox:1" and len(record.layers) == 1
+    layer = store.layer_path(record.layers[0])
+    assert (layer / "bin" / "busybox").stat().st_size == Path("/bin/busybox").stat().st_size
+    assert os.readlink(layer / "bin" / "sh") == "busybox"
+    assert seen and seen[-1] == record.size
+    for blob in store.blobs.iterdir():
+        assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name
+    assert store.config(record).cmd == ["/bin/sh"]
+
+
+def test_index_picks_linux_amd64(tmp_path: Path, registry) -> None:
+    store = ImageStore(tmp_path / "images")
+    ref = parse_reference(f"{registry.address}/test/busybox:multi")
+    record = store.pull(ref, RegistryClient(ref))
+    config = json.loads(store.blob_path(record.config_digest).read_text())
+    assert config["architecture"] == "amd64"
+
+
+def test_layers_are_shared_and_removed_only_when_unused(tmp_path: Path, registry) -> None:
+    store = ImageStore(tmp_path / "images")
+    one = store.pull(parse_reference(f"{registry.address}/test/busybox:1"),
+                     RegistryClient(parse_reference(f"{registry.address}/test/busybox:1")))
+    multi_ref = parse_reference(f"{registry.address}/test/busybox:multi")
+    multi = store.pull(multi_ref, RegistryClient(multi_ref))
+    assert one.layers == multi.layers and len(list(store.layers.iterdir())) == 1
+    store.remove(one.name, in_use=set())
+    assert store.layer_path(multi.layers[0]).exists()
+    removed = store.remove(multi.name, in_use=set(multi.layers))
+    assert multi.layers[0] not in removed and store.layer_path(multi.layers[0]).exists()
+
+
+def test_unknown_image_and_unreachable_registry(tmp_path: Path, registry) -> None:
+    store = ImageStore(tmp_path / "images")
+    ref = parse_reference(f"{registry.address}/test/nothing:1")
+    with pytest.raises(NovaError, match="not found in registry"):
+        store.pull(ref, RegistryClient(ref))
+    from nova_capsule.testing import free_port
+
+    dead = parse_reference(f"127.0.0.1:{free_port()}/test/busybox:1")
+    with pytest.raises(NovaError, match="cannot reach registry"):
+        store.pull(dead, RegistryClient(dead, timeout=2))
+    assert store.images() == []
+
+
+def test_digest_mismatch_stores_nothing(tmp_path: Path) -> None:
+    """A registry (a tiny HTTP server on 127.0.0.1) that serves a layer unlike its digest."""
+    import http.server
+    import threading
+
+    layer = busybox_layer()
+    config = image_config(["/bin/sh"], layers=[layer])
+    claimed = "sha256:" + hashlib.sha256(layer + b"x").hexdigest()
+    manifest = json.dumps({"schemaVersion": 2,
+                           "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                           "config": {"digest": "sha256:" + hashlib.sha256(config).hexdigest(),
+                                      "size": len(config)},
+                           "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                                       "digest": claimed, "size": len(layer)}]}).encode()
+
+    class Liar(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            if "/manifests/" in self.path:
+                body, kind = manifest, "application/vnd.oci.image.manifest.v1+json"
+            elif self.path.endswith(claimed):
+                body, kind = layer, "application/octet-stream"
+            else:
+                body, kind = config, "application/octet-stream"
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Liar)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        store = ImageStore(tmp_path / "images")
+        ref = parse_reference(f"127.0.0.1:{server.server_address[1]}/liar/image:1")
+        with pytest.raises(NovaError, match="digest mismatch"):
+            store.pull(ref, RegistryClient(ref))
+    finally:
+        server.shutdown()
+    assert store.images() == []
+    assert not store.blob_path(claimed).exists()
+    assert [p.name for p in store.blobs.iterdir() if p.name.endswith(".partial")] == []
+    assert list(store.layers.iterdir()) == []
+
+
+def _tar(entries: list[tarfile.TarInfo], data: dict[str, bytes] | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for info in entries:
+            payload = (data or {}).get(info.name)
+            if payload is not None:
+                info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload) if payload is not None else None)
+    return buffer.getvalue()
+
+
+def test_whiteouts_and_opaque_dirs_become_overlay_ones(tmp_path: Path) -> None:
+    blob = tmp_path / "layer.tar.gz"
+    blob.write_bytes(layer_tar([("etc", None), ("etc/.wh.shadow", b""), ("var", None),
+                                ("var/.wh..wh..opq", b""), ("var/new", b"n")]))
+    extract_layer(blob, tmp_path / "out")
+    whiteout = os.lstat(tmp_path / "out/etc/shadow")
+    assert stat.S_ISCHR(whiteout.st_mode) and whiteout.st_rdev == 0
+    assert os.getxattr(tmp_path / "out/var", "trusted.overlay.opaque") == b"y"
+    assert (tmp_path / "out/var/new").read_bytes() == b"n"
+    assert not (tmp_path / "out/var/.wh..wh..opq").exists()
+
+
+def test_layers_cannot_escape(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    link = tarfile.TarInfo("escape")
+    link.type, link.linkname = tarfile.SYMTYPE, str(outside)
+    through = tarfile.TarInfo("escape/pwned")
+    for name, entries, payload in (
+        ("dotdot", [tarfile.TarInfo("../pwned")], {"../pwned": b"x"}),
+        ("symlink", [link, through], {"escape/pwned": b"x"}),
+    ):
+        blob = tmp_path / f"{name}.tar"
+        blob.write_bytes(_tar(entries, payload))
+        with pytest.raises(LayerError):
+            extract_layer(blob, tmp_path / f"out-{name}")
+        assert not (tmp_path / f"out-{name}").exists()
+        assert not (tmp_path / f"out-{name}.partial").exists()
+    assert list(outside.iterdir()) == [] and not (tmp_path / "pwned").exists()
+
+
+def test_import_rootfs_tarball_and_oci_archive(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path / "images")
+    rootfs = tmp_path / "rootfs.tar.gz"
+    rootfs.write_bytes(busybox_layer())
+    record = store.import_archive(rootfs, "local/busybox:imported")
+    assert (store.layer_path(record.layers[0]) / "bin/busybox").exists()
+    assert store.config(record).cmd == ["/bin/sh"]
+    # an OCI archive made from the store's own blobs
+    oci = tmp_path / "oci"
+    (oci / "blobs" / "sha256").mkdir(parents=True)
+    for digest in (record.digest, record.config_digest, *record.layers):
+        (oci / "blobs/sha256" / digest[7:]).write_bytes(store.blob_path(digest).read_bytes())
+    (oci / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (oci / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": record.digest,
+         "size": store.blob_path(record.digest).stat().st_size}]}))
+    archive = tmp_path / "image.oci.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(oci, arcname=".")
+    other = ImageStore(tmp_path / "images2").import_archive(archive, "local/busybox:oci")
+    assert other.layers == record.layers
+    with pytest.raises(NovaError, match="not a tar archive"):
+        store.import_archive(Path(__file__), "x:y")
