@@ -23,8 +23,12 @@ def test_pull_ls_import_rm(run_nova, capsule_home: Path, registry, tmp_path: Pat
     assert names == {"local/mine:latest", f"{registry.address}/test/busybox:1",
                      f"{registry.address}/test/busybox:multi"}
     assert len({layer for i in listing for layer in i["layers"]}) == 1  # shared
-    removed = run_nova("image", "rm", "test/busybox:1")
-    assert removed.returncode == 0 and "(0 blobs freed)" not in removed.stdout
+    removed = run_nova("image", "rm", "test/busybox:1")  # :multi shares everything it has
+    assert removed.returncode == 0 and removed.stdout.endswith("(0 blobs freed)\n")
+    layer = capsule_home / "drivers/capsule/images/layers" / listing[0]["layers"][0][7:]
+    multi = run_nova("image", "rm", "test/busybox:multi")  # its manifest and config go
+    assert multi.returncode == 0 and "(2 blobs freed)" in multi.stdout
+    assert layer.is_dir()  # local/mine still uses the layer
     missing = run_nova("image", "rm", "test/busybox:1")
     assert missing.returncode == 1 and "no image test/busybox:1" in missing.stderr
     table = run_nova("image", "ls", check=True).stdout
