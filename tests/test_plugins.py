@@ -57,7 +57,8 @@ def test_absent_driver_names_the_package_and_the_alternatives(nova_fake_drivers:
     monkeypatch.setattr(reg, "installed_version", lambda dist: None)  # as on a host without it
     with pytest.raises(DriverNotFound) as caught:
         reg.driver_class(DriverKind.COMPUTE, "qemu")
-    assert caught.value.message == "no compute driver 'qemu'; install nova-qemu (available: fake)"
+    assert caught.value.message == ("no compute driver 'qemu'; install nova-qemu "
+                                    "(available: capsule, fake)")
     with pytest.raises(DriverNotFound, match=r"no network driver 'warp' \(available: fake\)"):
         reg.driver_class(DriverKind.NETWORK, "warp")
 

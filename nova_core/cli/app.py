@@ -346,7 +346,7 @@ def net_ls(app: App, as_json: bool, project: str | None) -> None:
 
 
 # -- single instances ---------------------------------------------------------------------------
-def _resolve_project(app: App, kind: str, name: str, file: str | None,
+def resolve_project(app: App, kind: str, name: str, file: str | None,
                      project: str | None) -> str:
     """The project of instance ``kind.name``: -p, else the NovaFile here, else the only one."""
     if project:
@@ -405,7 +405,7 @@ def stop(app: App, kind: str, name: str, file: str | None, project: str | None,
     """Stop a running instance (gracefully, then forced after the timeout)."""
     from nova_core.drivers.models import ResourceKind
 
-    project = _resolve_project(app, kind, name, file, project)
+    project = resolve_project(app, kind, name, file, project)
     with app.lock(project):
         spec, driver = app.engine.instance(project, ResourceKind(kind), name)
         status = app.engine.stop_instance(spec, driver, timeout)
@@ -423,7 +423,7 @@ def snapshot(app: App, kind: str, name: str, file: str | None, project: str | No
 
     from nova_core.drivers.models import ResourceKind
 
-    project = _resolve_project(app, kind, name, file, project)
+    project = resolve_project(app, kind, name, file, project)
     snapshot_name = snapshot_name or time.strftime("snap-%Y%m%d-%H%M%S")
     with app.lock(project):
         spec, driver = app.engine.instance(project, ResourceKind(kind), name)
@@ -443,7 +443,7 @@ def logs(app: App, kind: str, name: str, file: str | None, project: str | None, 
     """Print an instance's output (capsule stdout/stderr, VM serial console)."""
     from nova_core.drivers.models import LogRequest, ResourceKind
 
-    project = _resolve_project(app, kind, name, file, project)
+    project = resolve_project(app, kind, name, file, project)
     spec, driver = app.engine.instance(project, ResourceKind(kind), name)
     request = LogRequest(tail=tail, follow=follow, timestamps=timestamps)
     for line in driver.logs(spec, request):

@@ -110,12 +110,17 @@ class PortMapping(_Record):
 
 
 class VolumeMount(_Record):
-    """A mount into an instance: a host path (bind) or a named Nova volume."""
+    """A mount into an instance: a host path (bind) or a named Nova volume.
+
+    For a named volume the engine fills ``host_path`` from the storage driver
+    before the compute driver sees the spec.
+    """
 
     type: Literal["bind", "volume"]
     source: str
     target: str
     read_only: bool = False
+    host_path: str | None = None
 
 
 class HealthCheck(_Record):

@@ -426,7 +426,18 @@ class Engine:
                 self.store.put_attachment(conn, ref.project, ref.kind.value, ref.name, net_name,
                                           attachment.model_dump_json())
             attachments.append(attachment)
-        prepared = spec.model_copy(update={"attachments": attachments, "assigned_devices": assigned})
+        volumes = []
+        for mount in spec.volumes:
+            if mount.type == "volume":
+                row = self.store.resource(ref.project, "volume", mount.source)
+                path = row.data_dict().get("path") if row else None
+                if not path:
+                    raise NovaError(f"volume {mount.source} has no path recorded",
+                                    hint="run nova up so the volume is created first")
+                mount = mount.model_copy(update={"host_path": path})
+            volumes.append(mount)
+        prepared = spec.model_copy(update={"attachments": attachments, "assigned_devices": assigned,
+                                           "volumes": volumes})
         with self.store.transaction() as conn:
             self.store.put_resource(conn, ref.project, ref.kind.value, ref.name, spec.driver,
                                     specmod.spec_json(prepared), specmod.spec_hash(prepared),

@@ -34,6 +34,8 @@ def spec_json(spec: ResourceSpec) -> str:
 def desired_fields(spec: ResourceSpec) -> dict[str, Any]:
     """The user-controlled fields, driver options flattened in as the user wrote them."""
     dumped = spec.model_dump(mode="json")
+    for mount in dumped.get("volumes", []):
+        mount.pop("host_path", None)  # filled in by the engine, not asked for
     options = dumped.pop("options", {}) or {}
     result = {k: v for k, v in dumped.items() if k not in RUNTIME_FIELDS}
     for key, value in options.items():

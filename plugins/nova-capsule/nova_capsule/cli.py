@@ -74,3 +74,41 @@ def image_import(path: Path, name: str) -> None:
         name += ":latest"
     record = image_store(default_nova_home()).import_archive(path, name)
     click.echo(f"{record.name}: {record.digest[:19]} ({format_size(record.size)})")
+
+
+@click.command("exec", context_settings={"ignore_unknown_options": True})
+@click.option("-i", "--interactive", is_flag=True, help="Keep stdin open.")
+@click.option("-t", "--tty", is_flag=True, help="Give the command a terminal.")
+@click.option("-p", "--project", default=None, help="Project of the capsule.")
+@click.option("--file", "file", default=None, help="NovaFile (to find the project).")
+@click.argument("kind", type=click.Choice(["container"]))
+@click.argument("name")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.pass_context
+def exec_command(ctx: click.Context, interactive: bool, tty: bool, project: str | None,
+                 file: str | None, kind: str, name: str, command: tuple[str, ...]) -> None:
+    """Run COMMAND in a running capsule; exits with the command's status.
+
+    \b
+    nova exec container api -- ls /srv
+    nova exec -it container api -- sh
+    """
+    import subprocess
+    import sys
+
+    from nova_capsule.driver import CapsuleDriver
+    from nova_core.cli.app import App, resolve_project
+    from nova_core.drivers.models import ResourceKind
+    from nova_core.errors import NovaError
+
+    app = ctx.find_object(App)
+    assert app is not None
+    project = resolve_project(app, kind, name, file, project)
+    spec, driver = app.engine.instance(project, ResourceKind.CONTAINER, name)
+    if not isinstance(driver, CapsuleDriver):
+        raise NovaError(f"container {name} runs on driver {spec.driver}, which has no exec")
+    argv = driver.exec_argv(spec, list(command), tty=tty)
+    stdin = None if (interactive or tty) else subprocess.DEVNULL
+    code = subprocess.run(argv, stdin=stdin).returncode
+    sys.stdout.flush()
+    ctx.exit(code)

@@ -13,10 +13,10 @@ CATEGORY = "nova-capsule"
 
 @hookimpl
 def nova_cli_commands() -> list[Any]:
-    """``nova image pull|ls|rm|import``."""
-    from nova_capsule.cli import image_group
+    """``nova image pull|ls|rm|import`` and ``nova exec``."""
+    from nova_capsule.cli import exec_command, image_group
 
-    return [image_group]
+    return [image_group, exec_command]
 
 
 @hookimpl

@@ -1,0 +1,170 @@
+"""A capsule's files, its uid range, and mounting/unmounting its root filesystem.
+
+```
+NOVA_HOME/drivers/capsule/capsules/<project>/<name>/
+  capsule.json   id, image, layers, uid range, restart policy
+  config.json    the OCI bundle's config (the bundle is this folder)
+  upper/ work/   the capsule's own writable layer (survives stop, start, reboot)
+  lower/<i>/     each image layer, idmapped to the capsule's range (mounted at start)
+  ctr.log        stdout/stderr as conmon wrote them, with timestamps
+  exits/<id>     the exit code conmon recorded
+  snapshots/<s>/ copies of upper/
+/run/nova-<hash>/capsules/<id>/
+  rootfs/        the overlay (mounted at start)
+  binds/<i>      each volume, idmapped to the capsule's range
+```
+
+The mount points the runtime opens from inside the capsule's user namespace
+live under /run, which that namespace can traverse; NOVA_HOME stays 0700.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from nova_capsule import idmap
+from nova_core.errors import NovaError
+
+UID_BASE = 200_000
+UID_COUNT = 65_536
+UID_RANGES = 2_000
+
+
+@dataclass
+class CapsuleMeta:
+    """What the driver remembers about a capsule between calls."""
+
+    id: str
+    image: str
+    layers: list[str]
+    uid_base: int
+    restart: str = "no"
+    runtime: str = "crun"
+    restarts: int = 0
+    binds: list[dict[str, object]] = field(default_factory=list)
+
+
+class CapsuleFiles:
+    """The folder of one capsule."""
+
+    def __init__(self, root: Path, run_dir: Path) -> None:
+        self.root = root
+        self.run_dir = run_dir
+        self.meta_path = root / "capsule.json"
+        self.upper = root / "upper"
+        self.work = root / "work"
+        self.lower = root / "lower"
+        self.binds = run_dir / "binds"
+        self.rootfs = run_dir / "rootfs"
+        self.log = root / "ctr.log"
+        self.exits = root / "exits"
+        self.snapshots = root / "snapshots"
+        self.stopping = root / "stopping"
+
+    def exists(self) -> bool:
+        """True once created."""
+        return self.meta_path.exists()
+
+    def read(self) -> CapsuleMeta:
+        """The recorded metadata."""
+        return CapsuleMeta(**json.loads(self.meta_path.read_text()))
+
+    def write(self, meta: CapsuleMeta) -> None:
+        """Record metadata atomically."""
+        tmp = self.meta_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(meta), indent=1))
+        os.replace(tmp, self.meta_path)
+
+    def exit_code(self, capsule_id: str) -> int | None:
+        """The exit code conmon recorded for the last run, if any."""
+        try:
+            return int((self.exits / capsule_id).read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    # -- mounts ------------------------------------------------------------------
+    def mount(self, meta: CapsuleMeta, layer_dirs: list[Path]) -> None:
+        """Mount the idmapped layers, the overlay and the idmapped volumes (idempotent)."""
+        if idmap.is_mounted(self.rootfs):
+            return
+        self.unmount()  # whatever a crash left half-mounted
+        fd = idmap.user_namespace_fd(meta.uid_base, UID_COUNT)
+        try:
+            lowers = []
+            for index, layer in enumerate(layer_dirs):
+                target = self.lower / str(index)
+                target.mkdir(parents=True, exist_ok=True)
+                idmap.idmapped_bind(layer, target, fd)
+                lowers.append(target)
+            for index, bind in enumerate(meta.binds):
+                source = Path(str(bind["source"]))
+                target = self.binds / str(index)
+                self.binds.mkdir(parents=True, exist_ok=True)
+                if source.is_dir():
+                    target.mkdir(exist_ok=True)
+                elif not target.exists():
+                    target.touch()
+                idmap.idmapped_bind(source, target, fd)
+            self.rootfs.mkdir(parents=True, exist_ok=True)
+            idmap.mount_overlay(list(reversed(lowers)), self.upper, self.work, self.rootfs)
+        except BaseException:
+            self.unmount()
+            raise
+        finally:
+            os.close(fd)
+
+    def unmount(self) -> None:
+        """Unmount everything :meth:`mount` made (fine if nothing is mounted)."""
+        idmap.unmount(self.rootfs)
+        for folder in (self.binds, self.lower):
+            if folder.is_dir():
+                for entry in sorted(folder.iterdir()):
+                    idmap.unmount(entry)
+
+    def remove(self) -> None:
+        """Unmount and delete the folder."""
+        self.unmount()
+        if any(idmap.is_mounted(p) for p in (self.rootfs,)):
+            raise NovaError(f"{self.rootfs} is still mounted; not removing the capsule's files")
+        shutil.rmtree(self.root, ignore_errors=True)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+class UidAllocator:
+    """Per-capsule host id ranges, recorded in ``uids.json`` under a lock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _edit(self):  # noqa: ANN202
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return open(self.path.with_suffix(".lock"), "w")
+
+    def allocate(self, capsule_id: str) -> int:
+        """The range of ``capsule_id`` (a new one if it has none)."""
+        with self._edit() as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            taken = json.loads(self.path.read_text()) if self.path.exists() else {}
+            if capsule_id in taken:
+                return int(taken[capsule_id])
+            used = set(taken.values())
+            for index in range(UID_RANGES):
+                base = UID_BASE + index * UID_COUNT
+                if base not in used:
+                    taken[capsule_id] = base
+                    self.path.write_text(json.dumps(taken, indent=1, sort_keys=True))
+                    return base
+        raise NovaError(f"all {UID_RANGES} capsule id ranges are in use")
+
+    def release(self, capsule_id: str) -> None:
+        """Give the range back."""
+        with self._edit() as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            taken = json.loads(self.path.read_text()) if self.path.exists() else {}
+            if taken.pop(capsule_id, None) is not None:
+                self.path.write_text(json.dumps(taken, indent=1, sort_keys=True))

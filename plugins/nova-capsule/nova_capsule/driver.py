@@ -1,0 +1,413 @@
+"""The ``capsule`` compute driver: persistent system containers on crun/runc + conmon."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from nova_capsule import bundle as bundlemod
+from nova_capsule.capsules import UID_COUNT, CapsuleFiles, CapsuleMeta, UidAllocator
+from nova_capsule.cgroups import cgroup_path, remove_cgroup
+from nova_capsule.runtime import Runtime, find_runtime, launch_with_conmon, run_root
+from nova_core.drivers.compute import ComputeDriver
+from nova_core.drivers.models import (
+    ContainerSpec,
+    DriverOptions,
+    InstanceSpec,
+    Lifecycle,
+    LogLine,
+    LogRequest,
+    RenderedDetail,
+    ResourceKind,
+    ResourceStatus,
+    SnapshotInfo,
+)
+from nova_core.errors import NovaError
+
+
+class CapsuleOptions(DriverOptions):
+    """Keys the capsule driver adds to ``[container.NAME]``."""
+
+    runtime: Literal["crun", "runc"] = "crun"
+
+
+def capsule_id(project: str, name: str) -> str:
+    """The runtime's container id."""
+    return f"nova-{project}-{name}"
+
+
+def capsule_files(nova_home: Path, project: str, name: str) -> CapsuleFiles:
+    """The files of capsule ``project``/``name``."""
+    return CapsuleFiles(nova_home / "drivers" / "capsule" / "capsules" / project / name,
+                        run_root(nova_home) / "capsules" / capsule_id(project, name))
+
+
+class CapsuleDriver(ComputeDriver):
+    """Runs ``[container.NAME]`` tables as capsules."""
+
+    instance_kinds: ClassVar[frozenset[ResourceKind]] = frozenset({ResourceKind.CONTAINER})
+    options_model: ClassVar[type[DriverOptions]] = CapsuleOptions
+
+    # -- helpers -----------------------------------------------------------------
+    def files(self, spec: InstanceSpec) -> CapsuleFiles:
+        """The capsule's folder."""
+        return capsule_files(self.context.nova_home, spec.ref.project, spec.ref.name)
+
+    def _runtime(self, spec: InstanceSpec) -> Runtime:
+        preferred = getattr(spec.options, "runtime", "crun")
+        return find_runtime(preferred, self.context.nova_home)
+
+    def _uids(self) -> UidAllocator:
+        return UidAllocator(self.context.driver_dir(self.name) / "uids.json")
+
+    @staticmethod
+    def _id(spec: InstanceSpec) -> str:
+        return capsule_id(spec.ref.project, spec.ref.name)
+
+    def _image(self, spec: ContainerSpec, pull: bool):  # noqa: ANN202
+        from nova_capsule.images import find_local
+        from nova_capsule.images import pull as pull_image
+        from nova_capsule.registry import Credentials
+
+        if spec.build and not spec.image:
+            raise NovaError(f"{spec.ref.key}: building images (build = ...) is not supported yet",
+                            hint="build it elsewhere and nova image import it, then use capsule =")
+        if not spec.image:
+            raise NovaError(f"{spec.ref.key} needs an image", hint='add capsule = "busybox:latest"')
+        record = find_local(self.context.nova_home, spec.image)
+        if record is None and pull:
+            auth = spec.registry_auth
+            credentials = Credentials(auth.get("username"), auth.get("password"), auth.get("token"))
+            record = pull_image(self.context.nova_home, spec.image, credentials)
+        return record
+
+    # -- contract ----------------------------------------------------------------
+    def render(self, spec: InstanceSpec) -> list[RenderedDetail]:
+        """The OCI config it would write (image defaults shown once the image is local)."""
+        assert isinstance(spec, ContainerSpec)
+        record = self._image(spec, pull=False) if spec.image else None
+        argv, env, cwd = self._process(spec, record)
+        config = bundlemod.oci_config(
+            spec, rootfs="<capsule>/rootfs", argv=argv or ["<image default>"], env=env, cwd=cwd,
+            uid=spec.uid or 0, gid=spec.gid or 0, uid_base=0, uid_count=UID_COUNT,
+            cgroups_path=cgroup_path(self._id(spec)), mounts=self._mounts(spec),
+            netns=None, host_network="host" in spec.networks,
+            hostname=spec.hostname or spec.ref.name)
+        config["linux"].pop("seccomp")
+        config["linux"]["uidMappings"] = config["linux"]["gidMappings"] = "<allocated at create>"
+        detail = [RenderedDetail(title="OCI runtime config",
+                                 body=json.dumps(config, indent=1), format="json")]
+        if "host" in spec.networks:
+            detail.insert(0, RenderedDetail(title="warning", body="network = \"host\": this "
+                                            "capsule shares the host's network; it is not "
+                                            "isolated"))
+        if record is None and spec.image:
+            detail.insert(0, RenderedDetail(title="image", body=f"{spec.image} will be pulled"))
+        return detail
+
+    def _process(self, spec: ContainerSpec, record) -> tuple[list[str], dict[str, str], str]:  # noqa: ANN001
+        env = {"PATH": bundlemod.DEFAULT_PATH.split("=", 1)[1]}
+        entrypoint: list[str] = []
+        cmd: list[str] = []
+        cwd = "/"
+        if record is not None:
+            from nova_capsule.images import image_store
+
+            image = image_store(self.context.nova_home).config(record)
+            env.update(image.env)
+            entrypoint, cmd, cwd = image.entrypoint, image.cmd, image.workdir
+        env.update(spec.env)
+        argv = entrypoint + list(spec.command or cmd) + list(spec.args or [])
+        return argv, env, spec.workdir or cwd
+
+    @staticmethod
+    def _mounts(spec: ContainerSpec, binds_dir: Path | None = None) -> list[dict[str, object]]:
+        mounts = []
+        for index, mount in enumerate(spec.volumes):
+            source = str(binds_dir / str(index)) if binds_dir else (mount.host_path or mount.source)
+            mounts.append({"destination": mount.target, "type": "bind", "source": source,
+                           "options": ["rbind", "ro" if mount.read_only else "rw"]})
+        return mounts
+
+    def create(self, spec: InstanceSpec) -> ResourceStatus:
+        """Fetch the image, allocate the id range, make the writable layer and the bundle."""
+        assert isinstance(spec, ContainerSpec)
+        files = self.files(spec)
+        if files.exists():
+            return self.status(spec)
+        binds = []
+        for mount in spec.volumes:
+            source = Path(mount.host_path or mount.source)
+            if not source.exists():
+                raise NovaError(f"{spec.ref.key}: the mount source {source} does not exist",
+                                hint="create it, or fix the path in volumes")
+            binds.append({"source": str(source), "target": mount.target,
+                          "read_only": mount.read_only})
+        for limit, value in (("memory", spec.memory), ("pids", spec.pids)):
+            if value is not None and value <= 0:
+                raise NovaError(f"{spec.ref.key}: {limit} must be positive")
+        if spec.memory is not None and spec.memory < 4 * 2**20:
+            raise NovaError(f"{spec.ref.key}: memory {spec.memory} bytes is too small for a capsule",
+                            hint="give at least 4Mi")
+        runtime = self._runtime(spec)  # fail early if none is installed
+        record = self._image(spec, pull=True)
+        assert record is not None
+        uids = self._uids()
+        base = uids.allocate(self._id(spec))
+        try:
+            files.root.mkdir(parents=True, exist_ok=True)
+            for folder in (files.upper, files.work):
+                folder.mkdir(exist_ok=True)
+                os.chown(folder, base, base)
+            files.exits.mkdir(exist_ok=True)
+            files.write(CapsuleMeta(id=self._id(spec), image=record.name, layers=record.layers,
+                                    uid_base=base, restart=spec.restart, runtime=runtime.name,
+                                    binds=binds))
+        except BaseException:
+            files.remove()
+            uids.release(self._id(spec))
+            raise
+        return ResourceStatus(ref=spec.ref, state=Lifecycle.CREATED,
+                              data={"uid_base": str(base), "image": record.name})
+
+    def _write_config(self, spec: ContainerSpec, files: CapsuleFiles, meta: CapsuleMeta) -> None:
+        from nova_capsule.images import find_local
+
+        record = find_local(self.context.nova_home, meta.image)
+        argv, env, cwd = self._process(spec, record)
+        if not argv:
+            raise NovaError(f"{spec.ref.key}: the image has no default command",
+                            hint='set command = "..."')
+        uid, gid = self._user(spec, files)
+        netns = next((a.details.get("netns") for a in spec.attachments if a.endpoint == "netns"),
+                     None)
+        config = bundlemod.oci_config(
+            spec, rootfs=str(files.rootfs), argv=argv, env=env, cwd=cwd, uid=uid, gid=gid,
+            uid_base=meta.uid_base, uid_count=UID_COUNT, cgroups_path=cgroup_path(meta.id),
+            mounts=self._mounts(spec, files.binds), netns=netns,
+            host_network="host" in spec.networks, hostname=spec.hostname or spec.ref.name)
+        (files.root / "config.json").write_text(json.dumps(config, indent=1))
+
+    @staticmethod
+    def _user(spec: ContainerSpec, files: CapsuleFiles) -> tuple[int, int]:
+        if spec.uid is not None or spec.gid is not None:
+            return spec.uid or 0, spec.gid if spec.gid is not None else (spec.uid or 0)
+        if not spec.user:
+            return 0, 0
+        name, _, group = spec.user.partition(":")
+        if name.isdigit():
+            return int(name), int(group) if group.isdigit() else int(name)
+        passwd = files.rootfs / "etc" / "passwd"
+        for line in passwd.read_text().splitlines() if passwd.exists() else []:
+            fields = line.split(":")
+            if len(fields) > 3 and fields[0] == name:
+                return int(fields[2]), int(fields[3])
+        raise NovaError(f"{spec.ref.key}: user {name!r} is not in the image's /etc/passwd")
+
+    def _layer_dirs(self, meta: CapsuleMeta) -> list[Path]:
+        from nova_capsule.images import image_store
+
+        store = image_store(self.context.nova_home)
+        dirs = [store.layer_path(digest) for digest in meta.layers]
+        missing = [str(d) for d in dirs if not d.is_dir()]
+        if missing:
+            raise NovaError(f"image {meta.image} lost layers ({', '.join(missing)})",
+                            hint=f"nova image pull {meta.image}")
+        return dirs
+
+    def start(self, spec: InstanceSpec) -> ResourceStatus:
+        """Mount the root filesystem and start the capsule under a new conmon."""
+        assert isinstance(spec, ContainerSpec)
+        files = self.files(spec)
+        if not files.exists():
+            raise NovaError(f"{spec.ref.key} does not exist", hint="nova up creates it")
+        meta = files.read()
+        runtime = self._runtime(spec)
+        state = runtime.state(meta.id)
+        if state and state.get("status") == "running":
+            return self.status(spec)
+        if state is not None:
+            runtime.call("delete", "--force", meta.id, check=False)
+        try:
+            files.mount(meta, self._layer_dirs(meta))
+            self._write_config(spec, files, meta)
+            files.stopping.unlink(missing_ok=True)
+            launch_with_conmon(runtime, meta.id, files.root, files.log, files.exits,
+                               run_root(self.context.nova_home) / "sock",
+                               exit_command=self._exit_command(spec))
+            runtime.call("start", meta.id)
+        except BaseException:
+            self._teardown(runtime, meta, files)
+            raise
+        return self.status(spec)
+
+    def exec_argv(self, spec: InstanceSpec, command: list[str], tty: bool = False) -> list[str]:
+        """The runtime command line that runs ``command`` in the running capsule."""
+        files = self.files(spec)
+        meta = files.read() if files.exists() else None
+        runtime = self._runtime(spec)
+        if meta is None or not self._running(runtime, meta.id):
+            raise NovaError(f"{spec.ref.key} is not running", hint=f"nova run container {spec.ref.name}")
+        return runtime.argv("exec", "--no-new-privs", *(["--tty"] if tty else []), meta.id,
+                            *command)
+
+    def _exit_command(self, spec: InstanceSpec) -> list[str]:
+        return [sys.executable, "-m", "nova_capsule.exit_hook", str(self.context.nova_home),
+                spec.ref.project, spec.ref.name]
+
+    def _teardown(self, runtime: Runtime, meta: CapsuleMeta, files: CapsuleFiles) -> None:
+        """Remove the runtime's container, the mounts and the cgroup."""
+        runtime.call("delete", "--force", meta.id, check=False)
+        files.unmount()
+        remove_cgroup(meta.id)
+
+    def stop(self, spec: InstanceSpec, timeout: float) -> ResourceStatus:
+        """SIGTERM, then SIGKILL after ``timeout``; then unmount (the upper layer stays)."""
+        files = self.files(spec)
+        if not files.exists():
+            return ResourceStatus(ref=spec.ref, state=Lifecycle.MISSING)
+        meta = files.read()
+        runtime = self._runtime(spec)
+        files.stopping.write_text(str(time.time()))
+        if self._running(runtime, meta.id):
+            runtime.call("kill", meta.id, "TERM", check=False)
+            if not self._wait_stopped(runtime, meta.id, timeout):
+                runtime.call("kill", meta.id, "KILL", check=False)
+                self._wait_stopped(runtime, meta.id, 10)
+        self._wait_conmon(files)
+        self._teardown(runtime, meta, files)
+        return self.status(spec)
+
+    @staticmethod
+    def _running(runtime: Runtime, capsule: str) -> bool:
+        state = runtime.state(capsule)
+        return bool(state and state.get("status") in ("running", "paused", "created"))
+
+    def _wait_stopped(self, runtime: Runtime, capsule: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = runtime.state(capsule)
+            if not state or state.get("status") == "stopped":
+                return True
+            time.sleep(0.02)
+        return False
+
+    @staticmethod
+    def _wait_conmon(files: CapsuleFiles, timeout: float = 5.0) -> None:
+        """conmon writes the exit code and runs the exit hook; let it finish."""
+        try:
+            pid = int((files.root / "conmon.pid").read_text())
+        except (OSError, ValueError):
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.02)
+        os.kill(pid, signal.SIGKILL)
+
+    def delete(self, spec: InstanceSpec) -> None:
+        """Stop the capsule and remove its files, cgroup and id range (fine if missing)."""
+        files = self.files(spec)
+        capsule = self._id(spec)
+        if files.exists():
+            self.stop(spec, spec.stop_timeout if spec.stop_timeout < 5 else 5)
+        else:
+            runtime = self._runtime(spec)
+            runtime.call("delete", "--force", capsule, check=False)
+        files.remove()
+        remove_cgroup(capsule)
+        self._uids().release(capsule)
+
+    def status(self, spec: InstanceSpec) -> ResourceStatus:
+        """running / paused / stopped (with the exit code) / created / missing."""
+        files = self.files(spec)
+        if not files.exists():
+            return ResourceStatus(ref=spec.ref, state=Lifecycle.MISSING)
+        meta = files.read()
+        data = {"uid_base": str(meta.uid_base), "image": meta.image}
+        state = self._runtime(spec).state(meta.id)
+        status = state.get("status") if state else None
+        if status == "running":
+            data["pid"] = str(state.get("pid"))
+            return ResourceStatus(ref=spec.ref, state=Lifecycle.RUNNING, data=data)
+        if status == "paused":
+            return ResourceStatus(ref=spec.ref, state=Lifecycle.PAUSED, data=data)
+        code = files.exit_code(meta.id)
+        if code is None and not files.log.exists():
+            return ResourceStatus(ref=spec.ref, state=Lifecycle.CREATED, data=data)
+        detail = f"exited with code {code}" if code is not None else ""
+        return ResourceStatus(ref=spec.ref, state=Lifecycle.STOPPED, detail=detail, data=data)
+
+    def snapshot(self, spec: InstanceSpec, name: str) -> SnapshotInfo:
+        """Copy the writable layer (reflink where possible) while the capsule is frozen."""
+        files = self.files(spec)
+        if not files.exists():
+            raise NovaError(f"{spec.ref.key} does not exist")
+        meta = files.read()
+        runtime = self._runtime(spec)
+        target = files.snapshots / name
+        if target.exists():
+            raise NovaError(f"{spec.ref.key} already has a snapshot named {name}")
+        files.snapshots.mkdir(exist_ok=True)
+        frozen = (runtime.state(meta.id) or {}).get("status") == "running"
+        if frozen:
+            runtime.call("pause", meta.id)
+        try:
+            subprocess.run(["cp", "-a", "--reflink=auto", str(files.upper), str(target)],
+                           check=True, capture_output=True)
+        except subprocess.CalledProcessError as error:
+            raise NovaError(f"snapshot of {spec.ref.key} failed: "
+                            f"{error.stderr.decode(errors='replace').strip()}") from error
+        finally:
+            if frozen:
+                runtime.call("resume", meta.id, check=False)
+        size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file() and not p.is_symlink())
+        return SnapshotInfo(ref=spec.ref, name=name, created_at=datetime.now(UTC), size=size)
+
+    def logs(self, spec: InstanceSpec, request: LogRequest) -> Iterator[LogLine]:
+        """The conmon log: stdout and stderr with their timestamps, also after exit."""
+        files = self.files(spec)
+        if not files.log.exists():
+            return
+        with open(files.log, errors="replace") as handle:
+            lines = handle.read().splitlines()
+            if request.tail is not None:
+                lines = lines[-request.tail:] if request.tail else []
+            for line in lines:
+                yield _parse_log_line(line)
+            while request.follow:
+                line = handle.readline()
+                if line:
+                    yield _parse_log_line(line.rstrip("\n"))
+                    continue
+                if self.status(spec).state is not Lifecycle.RUNNING:
+                    break
+                time.sleep(0.1)
+
+
+def _parse_log_line(line: str) -> LogLine:
+    """``2026-11-22T16:47:06.293229947+00:00 stdout F text`` -> LogLine."""
+    parts = line.split(" ", 3)
+    if len(parts) < 3 or parts[1] not in ("stdout", "stderr"):
+        return LogLine(text=line)
+    stamp, stream = parts[0], parts[1]
+    text = parts[3] if len(parts) > 3 else ""
+    try:
+        head, _, rest = stamp.partition(".")
+        frac = rest[:6]
+        zone = rest[rest.find("+"):] if "+" in rest else "+00:00"
+        timestamp = datetime.fromisoformat(f"{head}.{frac}{zone}")
+    except ValueError:
+        timestamp = None
+    return LogLine(text=text, stream=stream, timestamp=timestamp)  # type: ignore[arg-type]

@@ -1,0 +1,156 @@
+"""The OCI runtime (crun or runc) and the conmon monitor that keeps each capsule.
+
+crun 1.8 refuses to run on a v1/v2 *hybrid* cgroup host ("drop all controllers
+from cgroupv2"); there Nova runs it through a two-line wrapper that unmounts the
+cgroup2 mount in a private mount namespace first, which makes crun use plain v1
+(see HOST-FACTS.md). runc works directly.
+
+conmon (Debian's package) holds the capsule's stdio, writes the log with
+timestamps and the exit code, and survives the ``nova`` process: no Python stays
+resident per capsule.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import select
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from nova_core.errors import NovaError
+from nova_core.hostinfo.cgroups import read_cgroup_layout
+
+RUNTIMES = ("crun", "runc")
+
+
+def run_root(nova_home: Path) -> Path:
+    """Per-NOVA_HOME folder on /run for runtime state (cleared by a reboot, as it should be)."""
+    digest = hashlib.sha256(str(nova_home.resolve()).encode()).hexdigest()[:10]
+    return Path("/run") / f"nova-{digest}"
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """One OCI runtime, with its state under ``state_root``."""
+
+    name: str
+    binary: str
+    executable: str  # what conmon runs: the binary, or the hybrid wrapper
+    state_root: Path
+
+    def argv(self, *args: str) -> list[str]:
+        """A runtime command line."""
+        return [self.executable, f"--root={self.state_root}", *args]
+
+    def call(self, *args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        """Run a runtime command; a failure is a NovaError with the runtime's message."""
+        done = subprocess.run(self.argv(*args), capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+        if check and done.returncode != 0:
+            message = (done.stderr or done.stdout).strip().splitlines()
+            raise NovaError(f"{self.name} {args[0]} failed: {message[-1] if message else done.returncode}")
+        return done
+
+    def state(self, capsule_id: str) -> dict[str, object] | None:
+        """The runtime's view of the container, or None if it does not know it."""
+        done = self.call("state", capsule_id, check=False)
+        if done.returncode != 0:
+            return None
+        try:
+            return json.loads(done.stdout)
+        except ValueError:
+            return None
+
+
+def find_runtime(preferred: str, nova_home: Path) -> Runtime:
+    """The runtime to use, preferring ``preferred``; a clear error if none is installed."""
+    order = [preferred] + [r for r in RUNTIMES if r != preferred]
+    for name in order:
+        binary = shutil.which(name)
+        if binary is None:
+            continue
+        state_root = run_root(nova_home) / name
+        state_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        executable = binary
+        layout = read_cgroup_layout()
+        if name == "crun" and layout.mode == "hybrid" and layout.v2_mount:
+            executable = str(_hybrid_wrapper(binary, layout.v2_mount, run_root(nova_home)))
+        return Runtime(name, binary, executable, state_root)
+    raise NovaError(f"no OCI runtime found (wanted {preferred})",
+                    hint="apt-get install crun (or runc)")
+
+
+def _hybrid_wrapper(binary: str, unified: str, root: Path) -> Path:
+    script = root / "crun-hybrid"
+    text = ("#!/bin/sh\n"
+            "# crun refuses hybrid cgroups: drop the cgroup2 mount in a private mount namespace\n"
+            f"exec unshare --mount --propagation private sh -c "
+            f"'umount {unified} 2>/dev/null; exec {binary} \"$@\"' crun \"$@\"\n")
+    if not script.exists() or script.read_text() != text:
+        tmp = script.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.chmod(0o755)
+        os.replace(tmp, script)
+    return script
+
+
+def launch_with_conmon(runtime: Runtime, capsule_id: str, bundle: Path, log: Path,
+                       exit_dir: Path, socket_dir: Path, exit_command: list[str] | None,
+                       timeout: float = 30.0) -> int:
+    """Create the container under a new conmon; return the container's PID.
+
+    conmon reports the outcome of ``runtime create`` on the sync pipe; a failure
+    carries the runtime's message.
+    """
+    conmon = shutil.which("conmon")
+    if conmon is None:
+        raise NovaError("conmon is not installed", hint="apt-get install conmon")
+    for folder in (exit_dir, socket_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    (exit_dir / capsule_id).unlink(missing_ok=True)
+    argv = [conmon, "--api-version", "1", "-c", capsule_id, "-u", capsule_id, "-n", capsule_id,
+            "-r", runtime.executable, "-b", str(bundle), "-p", str(bundle / "pidfile"),
+            "-l", f"k8s-file:{log}", "--exit-dir", str(exit_dir),
+            "--socket-dir-path", str(socket_dir), "--conmon-pidfile", str(bundle / "conmon.pid"),
+            "--log-level", "error", "--runtime-arg", f"--root={runtime.state_root}"]
+    if exit_command:
+        argv += ["--exit-command", exit_command[0]]
+        for arg in exit_command[1:]:
+            argv += ["--exit-command-arg", arg]
+    sync_read, sync_write = os.pipe()
+    try:
+        env = dict(os.environ, _OCI_SYNCPIPE=str(sync_write))
+        process = subprocess.Popen(argv, env=env, pass_fds=(sync_write,), stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   start_new_session=True)
+        os.close(sync_write)
+        sync_write = -1
+        process.wait(timeout)
+        deadline = time.monotonic() + timeout
+        data = b""
+        while not data.endswith(b"\n") and time.monotonic() < deadline:
+            ready, _, _ = select.select([sync_read], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
+            chunk = os.read(sync_read, 65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        if sync_write >= 0:
+            os.close(sync_write)
+        os.close(sync_read)
+    if not data:
+        raise NovaError(f"conmon did not report the creation of {capsule_id} "
+                        f"(exit status {process.returncode})")
+    answer = json.loads(data.splitlines()[0])
+    pid = int(answer.get("data", -1))
+    if pid <= 0:
+        raise NovaError(f"{runtime.name} could not create the capsule: "
+                        f"{answer.get('message', 'no message').strip()}")
+    return pid

@@ -1,0 +1,237 @@
+"""The capsule driver against the real crun, conmon, overlayfs and registry.
+
+Each test uses its own NOVA_HOME and project name; an autouse fixture checks
+that no mount, cgroup or conmon process of that NOVA_HOME outlives the test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from nova_capsule.cgroups import cgroup_dirs
+from nova_capsule.driver import CapsuleDriver, capsule_id
+from nova_capsule.runtime import run_root
+
+from nova_core.drivers.base import DriverContext
+from nova_core.drivers.models import ContainerSpec, ResourceKind, ResourceRef
+from nova_core.testing.contracts import ComputeDriverContract
+
+LOOP = "trap 'exit 0' TERM; echo started; while true; do sleep 0.1; done"
+
+
+def leftovers(nova_home: Path) -> list[str]:
+    """Mounts, conmon processes and cgroups that belong to ``nova_home``."""
+    found = []
+    home = str(nova_home.resolve())
+    with open("/proc/self/mountinfo") as handle:
+        found += [line.split()[4] for line in handle if home in line.split()[4]]
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if cmdline.startswith("conmon") and home in cmdline:
+                found.append(f"conmon pid {pid}")
+    capsules = nova_home / "drivers" / "capsule" / "capsules"
+    if capsules.is_dir():
+        for project in capsules.iterdir():
+            for name in project.iterdir():
+                found += [str(p) for p in cgroup_dirs(capsule_id(project.name, name.name))]
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _nothing_leaks(nova_home: Path) -> Iterator[None]:
+    yield
+    deadline = time.monotonic() + 5
+    while leftovers(nova_home) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert leftovers(nova_home) == []
+
+
+@pytest.fixture
+def driver(capsule_home: Path) -> CapsuleDriver:
+    return CapsuleDriver("capsule", DriverContext(nova_home=capsule_home))
+
+
+def container(tmp_path: Path, name: str = "c1", **fields: object) -> ContainerSpec:
+    fields.setdefault("command", ["sh", "-c", LOOP])
+    fields.setdefault("stop_timeout", 3.0)
+    fields.setdefault("image", "test/busybox:1")
+    return ContainerSpec(ref=ResourceRef(project="capt", kind=ResourceKind.CONTAINER, name=name),
+                         driver="capsule", base_dir=tmp_path, **fields)
+
+
+class TestCapsuleContract(ComputeDriverContract):
+    @pytest.fixture
+    def instance_spec(self, tmp_path: Path) -> ContainerSpec:
+        return container(tmp_path)
+
+
+def exec_out(driver: CapsuleDriver, spec: ContainerSpec, script: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(driver.exec_argv(spec, ["sh", "-c", script]), capture_output=True,
+                          text=True, timeout=30)
+
+
+@pytest.fixture
+def running(driver: CapsuleDriver, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ContainerSpec]:
+    fields = getattr(request, "param", {})
+    spec = container(tmp_path, **fields)
+    driver.create(spec)
+    try:
+        driver.start(spec)
+        yield spec
+    finally:
+        driver.delete(spec)
+
+
+def test_isolation_from_host_processes_and_ids(driver: CapsuleDriver, running: ContainerSpec) -> None:
+    done = exec_out(driver, running, "ps -o pid | tail -n +2; cat /proc/self/uid_map")
+    lines = done.stdout.split()
+    pids = [int(p) for p in lines[:-3]]
+    assert pids[0] == 1 and max(pids) < 20  # its own PID namespace: only its few processes
+    assert len(pids) <= 6  # pid 1, its sleep, the exec'd sh, ps and tail
+    assert lines[-3:] == ["0", lines[-2], "65536"] and int(lines[-2]) >= 200000
+    state = driver.status(running)
+    host_pid = int(state.data["pid"])
+    assert Path(f"/proc/{host_pid}/status").read_text().count("Uid:\t" + lines[-2]) == 1
+
+
+def test_capabilities_no_new_privileges_and_seccomp(driver: CapsuleDriver, running: ContainerSpec) -> None:
+    status = exec_out(driver, running, "cat /proc/1/status").stdout
+    fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    effective = int(fields["CapEff"], 16)
+    cap_chown, cap_sys_admin, cap_sys_module, cap_net_admin = 0, 21, 16, 12
+    assert effective & (1 << cap_chown)
+    assert not effective & (1 << cap_sys_admin)
+    assert not effective & (1 << cap_sys_module) and not effective & (1 << cap_net_admin)
+    assert fields["NoNewPrivs"].strip() == "1" and fields["Seccomp"].strip() == "2"
+    chown = exec_out(driver, running, "touch /tmp/f && chown 1000:1000 /tmp/f && stat -c %u /tmp/f")
+    assert chown.stdout.strip() == "1000"
+    denied = exec_out(driver, running, "echo 1 > /proc/sysrq-trigger; mount -t tmpfs x /mnt; "
+                                       "swapoff -a")
+    assert denied.returncode != 0
+
+
+def test_cannot_write_host_files_outside_volumes(driver: CapsuleDriver, tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    readonly = tmp_path / "readonly"
+    readonly.mkdir()
+    (readonly / "keep").write_text("original")
+    from nova_core.novafile.values import parse_volume
+
+    spec = container(tmp_path, volumes=[parse_volume(f"{shared}:/srv/shared", tmp_path),
+                                        parse_volume(f"{readonly}:/srv/ro:ro", tmp_path)])
+    driver.create(spec)
+    try:
+        driver.start(spec)
+        done = exec_out(driver, spec, "echo hi > /srv/shared/out && echo x > /srv/ro/keep; "
+                                      "echo y > /proc/sys/kernel/hostname; echo z > /sys/kernel/x")
+        assert done.returncode != 0
+        assert (shared / "out").read_text() == "hi\n"
+        assert (shared / "out").stat().st_uid == 0  # root inside writes as the owner outside
+        assert (readonly / "keep").read_text() == "original"
+    finally:
+        driver.delete(spec)
+
+
+@pytest.mark.parametrize("running", [{"memory": 16 * 2**20, "pids": 20}], indirect=True)
+def test_memory_and_pids_limits_hold(driver: CapsuleDriver, running: ContainerSpec) -> None:
+    oom = exec_out(driver, running, "dd if=/dev/zero of=/dev/null bs=48M count=1")
+    assert oom.returncode == 137  # killed by the memory cgroup
+    forks = exec_out(driver, running, "for i in $(seq 60); do sleep 3 & done; sleep 0.5")
+    assert "can't fork" in forks.stderr, forks
+    [pids_dir] = [d for d in cgroup_dirs(capsule_id("capt", "c1")) if (d / "pids.max").exists()]
+    assert (pids_dir / "pids.max").read_text().strip() == "20"
+    events = dict(line.split() for line in (pids_dir / "pids.events").read_text().splitlines())
+    assert int(events["max"]) > 0  # forks were refused at the limit
+
+
+def test_root_filesystem_persists_across_stop_and_start(driver: CapsuleDriver,
+                                                        running: ContainerSpec) -> None:
+    exec_out(driver, running, "echo kept > /root/marker && rm /bin/cat.gone 2>/dev/null; true")
+    assert driver.stop(running, 3).state.value == "stopped"
+    assert not Path(driver.files(running).rootfs / "root").exists()  # unmounted
+    driver.start(running)
+    assert exec_out(driver, running, "cat /root/marker").stdout == "kept\n"
+
+
+def test_logs_have_streams_and_timestamps_after_exit(driver: CapsuleDriver, tmp_path: Path) -> None:
+    from nova_core.drivers.models import LogRequest
+
+    spec = container(tmp_path, command=["sh", "-c", "echo out; echo err >&2; exit 3"])
+    driver.create(spec)
+    try:
+        driver.start(spec)
+        deadline = time.monotonic() + 10
+        while driver.status(spec).state.value == "running" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        status = driver.status(spec)
+        assert status.state.value == "stopped" and status.detail == "exited with code 3"
+        lines = list(driver.logs(spec, LogRequest()))
+        assert [(line.stream, line.text) for line in lines] == [("stdout", "out"), ("stderr", "err")]
+        assert all(line.timestamp is not None for line in lines)
+        assert [line.text for line in driver.logs(spec, LogRequest(tail=1))] == ["err"]
+    finally:
+        driver.delete(spec)
+
+
+def test_restart_on_failure_is_done_by_the_exit_hook(driver: CapsuleDriver, tmp_path: Path) -> None:
+    spec = container(tmp_path, restart="on-failure",
+                     command=["sh", "-c", "echo run; sleep 0.2; exit 4"])
+    driver.create(spec)
+    try:
+        driver.start(spec)
+        deadline = time.monotonic() + 20
+        log = driver.files(spec).log
+        while (not log.exists() or log.read_text().count(" stdout F run") < 3) and \
+                time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert log.read_text().count(" stdout F run") >= 3  # the first run and two restarts
+        assert driver.files(spec).read().restarts >= 2
+    finally:
+        driver.delete(spec)
+
+
+def test_failed_create_leaves_nothing(driver: CapsuleDriver, tmp_path: Path, capsule_home: Path) -> None:
+    from nova_core.errors import NovaError
+    from nova_core.novafile.values import parse_volume
+
+    cases = [
+        (container(tmp_path, name="u1", image="test/nothing:1"), "not found in registry"),
+        (container(tmp_path, name="u2", volumes=[parse_volume("./missing:/x", tmp_path)]),
+         "does not exist"),
+        (container(tmp_path, name="u3", memory=2**20), "too small"),
+    ]
+    for spec, message in cases:
+        with pytest.raises(NovaError, match=message):
+            driver.create(spec)
+        assert not driver.files(spec).root.exists()
+    uids = capsule_home / "drivers" / "capsule" / "uids.json"
+    assert not uids.exists() or json.loads(uids.read_text()) == {}
+
+
+def test_failed_start_leaves_nothing_running(driver: CapsuleDriver, tmp_path: Path,
+                                             capsule_home: Path) -> None:
+    from nova_core.errors import NovaError
+
+    spec = container(tmp_path, command=["/no/such/program"])
+    driver.create(spec)
+    try:
+        with pytest.raises(NovaError):
+            driver.start(spec)
+        assert leftovers(capsule_home) == []
+    finally:
+        driver.delete(spec)
+
+
+def test_runtime_state_lives_under_run(capsule_home: Path) -> None:
+    assert str(run_root(capsule_home)).startswith("/run/nova-")
