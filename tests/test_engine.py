@@ -336,3 +336,24 @@ def test_replace_checks_the_recorded_driver_before_anything(project_dir: Path, r
         in done.stderr
     log = json.loads((nova_home / "drivers/fake2/compute.json").read_text())["proj/container/a"]
     assert log["log"] == ["created", "started"]  # nothing was applied
+
+
+def test_snapshot_group(lab: Path, run_nova, nova_home: Path, tmp_path: Path) -> None:
+    run_nova("up", cwd=lab, check=True)
+    assert run_nova("snapshot", "container", "web", "--name", "s1", cwd=tmp_path).returncode == 0
+    again = run_nova("snapshot", "container", "web", "--name", "s1", cwd=tmp_path)
+    assert again.returncode == 1 and "already has a snapshot named 's1'" in again.stderr
+    bad = run_nova("snapshot", "container", "web", "--name", "no/slash", cwd=tmp_path)
+    assert bad.returncode == 2
+    listed = json.loads(run_nova("snapshot", "ls", "container", "web", "--json",
+                                 cwd=tmp_path, check=True).stdout)
+    assert [s["name"] for s in listed] == ["s1"]
+    restored = run_nova("snapshot", "restore", "container", "web", "s1", cwd=tmp_path)
+    assert restored.returncode == 0 and "restored to 's1' (running)" in restored.stdout
+    assert fake_state(nova_home)["lab/container/web"]["log"][-1] == "restore s1"
+    missing = run_nova("snapshot", "restore", "container", "web", "nope", cwd=tmp_path)
+    assert missing.returncode == 1 and "has no snapshot named 'nope'" in missing.stderr
+    assert run_nova("snapshot", "rm", "container", "web", "s1", cwd=tmp_path).returncode == 0
+    assert run_nova("snapshot", "ls", "container", "web", cwd=tmp_path).stdout.strip() == \
+        "container.web has no snapshots"
+    assert "restore" in run_nova("snapshot", "--help").stdout

@@ -412,23 +412,107 @@ def stop(app: App, kind: str, name: str, file: str | None, project: str | None,
     click.echo(f"{kind}.{name}: {status.state.value}")
 
 
-@cli.command()
+class SnapshotGroup(click.Group):
+    """``nova snapshot vm|container NAME`` takes one; ``ls``, ``restore``, ``rm`` manage them."""
+
+    def resolve_command(self, ctx: click.Context,
+                        args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        if args and args[0] in ("vm", "container"):
+            return "take", self.commands["take"], args
+        return super().resolve_command(ctx, args)
+
+
+@cli.group(cls=SnapshotGroup)
+def snapshot() -> None:
+    """Snapshots of instances.
+
+    \b
+    nova snapshot vm|container NAME [--name SNAP]     take one
+    nova snapshot ls vm|container NAME                list them
+    nova snapshot restore vm|container NAME SNAP      go back to one
+    nova snapshot rm vm|container NAME SNAP           remove one
+    """
+
+
+@snapshot.command("take", hidden=True)
 @instance_options
 @click.option("--name", "snapshot_name", default=None, help="Snapshot name (default: a timestamp).")
 @pass_app
-def snapshot(app: App, kind: str, name: str, file: str | None, project: str | None,
-             snapshot_name: str | None) -> None:
+def snapshot_take(app: App, kind: str, name: str, file: str | None, project: str | None,
+                  snapshot_name: str | None) -> None:
     """Take a snapshot of an instance."""
     import time
 
     from nova_core.drivers.models import ResourceKind
+    from nova_core.names import NAME_RULE, is_valid_name
 
     project = resolve_project(app, kind, name, file, project)
     snapshot_name = snapshot_name or time.strftime("snap-%Y%m%d-%H%M%S")
+    if not is_valid_name(snapshot_name):
+        raise click.BadParameter(f"'{snapshot_name}' is not a snapshot name ({NAME_RULE})",
+                                 param_hint="--name")
     with app.lock(project):
         spec, driver = app.engine.instance(project, ResourceKind(kind), name)
         info = app.engine.snapshot_instance(spec, driver, snapshot_name)
     click.echo(f"{kind}.{name}: snapshot '{info.name}' taken")
+
+
+@snapshot.command("ls")
+@instance_options
+@json_option()
+@pass_app
+def snapshot_ls(app: App, kind: str, name: str, file: str | None, project: str | None,
+                as_json: bool) -> None:
+    """List the snapshots of an instance."""
+    import time
+
+    project = resolve_project(app, kind, name, file, project)
+    rows = app.store(readonly=True).snapshots(project, kind, name)
+    items = [{"name": snap, "created": created, **json.loads(info)} for snap, created, info in rows]
+    if as_json:
+        print_json(items)
+        return
+    if not items:
+        click.echo(f"{kind}.{name} has no snapshots")
+        return
+    from nova_core.units import format_size
+
+    click.echo(table(["NAME", "CREATED", "SIZE"],
+                     [(i["name"], time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(i["created"])),
+                       format_size(i["size"]) if i.get("size") is not None else "-")
+                      for i in items]))
+
+
+@snapshot.command("restore")
+@instance_options
+@click.argument("snapshot_name", metavar="SNAP")
+@pass_app
+def snapshot_restore(app: App, kind: str, name: str, file: str | None, project: str | None,
+                     snapshot_name: str) -> None:
+    """Bring an instance back to a snapshot (changes since are lost)."""
+    from nova_core.drivers.models import ResourceKind
+
+    project = resolve_project(app, kind, name, file, project)
+    with app.lock(project):
+        spec, driver = app.engine.instance(project, ResourceKind(kind), name)
+        status = app.engine.restore_instance(spec, driver, snapshot_name)
+    click.echo(f"{kind}.{name}: restored to '{snapshot_name}' ({status.state.value})")
+
+
+@snapshot.command("rm")
+@instance_options
+@click.argument("snapshot_name", metavar="SNAP")
+@pass_app
+def snapshot_rm(app: App, kind: str, name: str, file: str | None, project: str | None,
+                snapshot_name: str) -> None:
+    """Remove a snapshot."""
+    from nova_core.drivers.models import ResourceKind
+
+    project = resolve_project(app, kind, name, file, project)
+    with app.lock(project):
+        spec, driver = app.engine.instance(project, ResourceKind(kind), name)
+        app.engine.delete_instance_snapshot(spec, driver, snapshot_name)
+    click.echo(f"{kind}.{name}: snapshot '{snapshot_name}' removed")
 
 
 @cli.command()

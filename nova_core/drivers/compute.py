@@ -57,6 +57,17 @@ class ComputeDriver(Driver):
         """Take a snapshot named ``name``."""
 
     @abc.abstractmethod
+    def restore_snapshot(self, spec: InstanceSpec, name: str) -> ResourceStatus:
+        """Bring the instance back to snapshot ``name``; it runs afterwards if it ran before.
+
+        Raise :class:`nova_core.errors.NovaError` if there is no such snapshot.
+        """
+
+    @abc.abstractmethod
+    def delete_snapshot(self, spec: InstanceSpec, name: str) -> None:
+        """Remove snapshot ``name`` (fine if it is already gone)."""
+
+    @abc.abstractmethod
     def logs(self, spec: InstanceSpec, request: LogRequest) -> Iterator[LogLine]:
         """Yield the instance's output lines; with ``request.follow``, keep yielding."""
 

@@ -540,8 +540,31 @@ class Engine:
         wait = spec.stop_timeout if timeout is None else timeout
         return self._call("stop", spec, lambda: driver.stop(spec, wait), self._status_record)
 
+    def _recorded_snapshot(self, spec: InstanceSpec, name: str) -> None:
+        ref = spec.ref
+        names = [s[0] for s in self.store.snapshots(ref.project, ref.kind.value, ref.name)]
+        if name not in names:
+            raise NovaError(f"{ref.key} has no snapshot named '{name}'",
+                            hint=f"nova snapshot ls {ref.kind.value} {ref.name} lists them")
+
+    def restore_instance(self, spec: InstanceSpec, driver: ComputeDriver, name: str) -> ResourceStatus:
+        """Restore a recorded snapshot and record the instance's state."""
+        self._recorded_snapshot(spec, name)
+        return self._call("restore", spec, lambda: driver.restore_snapshot(spec, name),
+                          self._status_record)
+
+    def delete_instance_snapshot(self, spec: InstanceSpec, driver: ComputeDriver, name: str) -> None:
+        """Remove a recorded snapshot."""
+        self._recorded_snapshot(spec, name)
+        self._call("delete-snapshot", spec, lambda: driver.delete_snapshot(spec, name))
+        self.store.delete_snapshot(spec.ref.project, spec.ref.kind.value, spec.ref.name, name)
+
     def snapshot_instance(self, spec: InstanceSpec, driver: ComputeDriver, name: str) -> Any:
         """Take and record a snapshot."""
+        ref = spec.ref
+        if name in [s[0] for s in self.store.snapshots(ref.project, ref.kind.value, ref.name)]:
+            raise NovaError(f"{ref.key} already has a snapshot named '{name}'",
+                            hint="choose another --name, or nova snapshot rm it first")
         info = self._call("snapshot", spec, lambda: driver.snapshot(spec, name))
         self.store.put_snapshot(spec.ref.project, spec.ref.kind.value, spec.ref.name, info.name,
                                 info.model_dump_json())

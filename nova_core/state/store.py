@@ -325,6 +325,12 @@ class Store:
                 "INSERT OR REPLACE INTO snapshots (project, kind, name, snapshot, created_at, info) "
                 "VALUES (?, ?, ?, ?, ?, ?)", (project, kind, name, snapshot, time.time(), info))
 
+    def delete_snapshot(self, project: str, kind: str, name: str, snapshot: str) -> None:
+        """Forget a snapshot (its own transaction)."""
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM snapshots WHERE project=? AND kind=? AND name=? AND snapshot=?",
+                         (project, kind, name, snapshot))
+
     def snapshots(self, project: str, kind: str, name: str) -> list[tuple[str, float, str]]:
         """Recorded snapshots of an instance: (name, created_at, info JSON)."""
         if self._conn is None:

@@ -107,6 +107,20 @@ class ComputeDriverContract:
         assert info.name == "contract-snap" and info.ref == instance_spec.ref
 
 
+    def test_snapshot_restore_and_delete(self, driver: ComputeDriver,
+                                         instance_spec: InstanceSpec) -> None:
+        from nova_core.errors import NovaError
+
+        driver.create(instance_spec)
+        driver.start(instance_spec)
+        driver.snapshot(instance_spec, "contract-a")
+        assert driver.restore_snapshot(instance_spec, "contract-a").state is Lifecycle.RUNNING
+        driver.delete_snapshot(instance_spec, "contract-a")
+        driver.delete_snapshot(instance_spec, "contract-a")  # already gone: fine
+        with pytest.raises(NovaError):
+            driver.restore_snapshot(instance_spec, "contract-a")
+
+
 class NetworkDriverContract:
     """What every network driver must do.
 

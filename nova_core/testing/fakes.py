@@ -176,6 +176,22 @@ class FakeComputeDriver(_FakeBase, ComputeDriver):
             record["log"].append(f"snapshot {name}")
         return SnapshotInfo(ref=spec.ref, name=name, created_at=datetime.now(UTC))
 
+    def restore_snapshot(self, spec: InstanceSpec, name: str) -> ResourceStatus:
+        """Record the restore."""
+        with self.store.edit() as data:
+            record = data.get(self._key(spec.ref))
+            if record is None or name not in record.get("snapshots", []):
+                raise NovaError(f"fake: {spec.ref.key} has no snapshot {name}")
+            record["log"].append(f"restore {name}")
+            return self._status(spec, record)
+
+    def delete_snapshot(self, spec: InstanceSpec, name: str) -> None:
+        """Forget the snapshot."""
+        with self.store.edit() as data:
+            record = data.get(self._key(spec.ref))
+            if record is not None and name in record.get("snapshots", []):
+                record["snapshots"].remove(name)
+
     def logs(self, spec: InstanceSpec, request: LogRequest) -> Iterator[LogLine]:
         """The lifecycle calls made so far, one line each."""
         with self.store.edit() as data:

@@ -129,6 +129,18 @@ class ProcessDriver(ComputeDriver):
         return SnapshotInfo(ref=spec.ref, name=name, created_at=datetime.now(UTC),
                             size=target.stat().st_size)
 
+    def restore_snapshot(self, spec: InstanceSpec, name: str) -> ResourceStatus:
+        """Put the saved output back (the process itself keeps running)."""
+        saved = self._dir(spec) / "snapshots" / f"{name}.log"
+        if not saved.exists():
+            raise NovaError(f"{spec.ref.key} has no snapshot {name}")
+        shutil.copyfile(saved, self._dir(spec) / "output.log")
+        return self.status(spec)
+
+    def delete_snapshot(self, spec: InstanceSpec, name: str) -> None:
+        """Remove the saved output."""
+        (self._dir(spec) / "snapshots" / f"{name}.log").unlink(missing_ok=True)
+
     def logs(self, spec: InstanceSpec, request: LogRequest) -> Iterator[LogLine]:
         """Lines of ``output.log``; with ``follow``, keep reading while it runs."""
         log = self._dir(spec) / "output.log"

@@ -375,6 +375,37 @@ class CapsuleDriver(ComputeDriver):
         size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file() and not p.is_symlink())
         return SnapshotInfo(ref=spec.ref, name=name, created_at=datetime.now(UTC), size=size)
 
+    def restore_snapshot(self, spec: InstanceSpec, name: str) -> ResourceStatus:
+        """Replace the writable layer with a copy of the snapshot; restart if it was running."""
+        import shutil
+
+        files = self.files(spec)
+        saved = files.snapshots / name
+        if not files.exists() or not saved.is_dir():
+            raise NovaError(f"{spec.ref.key} has no snapshot {name}")
+        was_running = self.status(spec).state is Lifecycle.RUNNING
+        if was_running:
+            self.stop(spec, spec.stop_timeout)
+        fresh = files.root / "upper.restore"
+        shutil.rmtree(fresh, ignore_errors=True)
+        subprocess.run(["cp", "-a", "--reflink=auto", str(saved), str(fresh)], check=True,
+                       capture_output=True)
+        old = files.root / "upper.old"
+        os.rename(files.upper, old)
+        os.rename(fresh, files.upper)
+        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(files.work, ignore_errors=True)  # overlay needs an empty workdir
+        files.work.mkdir()
+        meta = files.read()
+        os.chown(files.work, meta.uid_base, meta.uid_base)
+        return self.start(spec) if was_running else self.status(spec)
+
+    def delete_snapshot(self, spec: InstanceSpec, name: str) -> None:
+        """Remove the snapshot's copy."""
+        import shutil
+
+        shutil.rmtree(self.files(spec).snapshots / name, ignore_errors=True)
+
     def logs(self, spec: InstanceSpec, request: LogRequest) -> Iterator[LogLine]:
         """The conmon log: stdout and stderr with their timestamps, also after exit."""
         files = self.files(spec)

@@ -235,3 +235,16 @@ def test_failed_start_leaves_nothing_running(driver: CapsuleDriver, tmp_path: Pa
 
 def test_runtime_state_lives_under_run(capsule_home: Path) -> None:
     assert str(run_root(capsule_home)).startswith("/run/nova-")
+
+
+def test_snapshot_restores_the_filesystem(driver: CapsuleDriver, running: ContainerSpec) -> None:
+    exec_out(driver, running, "echo before > /root/state")
+    info = driver.snapshot(running, "s1")
+    assert info.size and info.size > 0
+    assert driver.status(running).state.value == "running"  # thawed again
+    exec_out(driver, running, "echo after > /root/state; rm /bin/sh.nothing; touch /root/new")
+    assert driver.restore_snapshot(running, "s1").state.value == "running"
+    done = exec_out(driver, running, "cat /root/state; ls /root")
+    assert done.stdout.split() == ["before", "state"]
+    driver.delete_snapshot(running, "s1")
+    assert not (driver.files(running).snapshots / "s1").exists()
