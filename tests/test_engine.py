@@ -357,3 +357,24 @@ def test_snapshot_group(lab: Path, run_nova, nova_home: Path, tmp_path: Path) ->
     assert run_nova("snapshot", "ls", "container", "web", cwd=tmp_path).stdout.strip() == \
         "container.web has no snapshots"
     assert "restore" in run_nova("snapshot", "--help").stdout
+
+
+def test_volume_commands(lab: Path, run_nova, nova_home: Path, tmp_path: Path) -> None:
+    created = run_nova("volume", "create", "scratch", "--size", "1Gi", cwd=tmp_path)
+    assert created.returncode == 0 and "created in project 'default'" in created.stdout
+    assert (nova_home / "drivers/local/default/scratch/data").is_dir()
+    dup = run_nova("volume", "create", "scratch", cwd=tmp_path)
+    assert dup.returncode == 1 and "already exists" in dup.stderr
+    assert run_nova("volume", "create", "bad/name", cwd=tmp_path).returncode == 2
+    run_nova("up", cwd=lab, check=True)
+    listing = {v["name"]: v for v in json.loads(run_nova("volume", "ls", "--json",
+                                                         check=True).stdout)}
+    assert listing["data"]["used_by"] == ["container.db"] and listing["scratch"]["used_by"] == []
+    refused = run_nova("volume", "rm", "data", cwd=lab)
+    assert refused.returncode == 1 and "in use by container.db" in refused.stderr
+    run_nova("down", "db", "web", cwd=lab, check=True)
+    assert run_nova("volume", "rm", "data", cwd=lab).returncode == 0
+    assert run_nova("volume", "rm", "scratch", "-p", "default").returncode == 0
+    assert not (nova_home / "drivers/local/default/scratch").exists()
+    gone = run_nova("volume", "rm", "scratch", "-p", "default")
+    assert gone.returncode == 1 and "no volume scratch" in gone.stderr

@@ -535,6 +535,103 @@ def logs(app: App, kind: str, name: str, file: str | None, project: str | None, 
         click.echo(f"{prefix}{line.text}", err=line.stream == "stderr")
 
 
+# -- volumes ------------------------------------------------------------------------------------
+@cli.group()
+def volume() -> None:
+    """Named volumes (also declared as [volume.NAME] in a NovaFile)."""
+
+
+def _volume_project(app: App, project: str | None) -> str:
+    from nova_core.novafile.loader import NOVAFILE_NAMES
+
+    if project:
+        return project
+    if any(Path(n).is_file() for n in NOVAFILE_NAMES):
+        return app.novafile(None).project
+    return "default"
+
+
+@volume.command("create")
+@click.argument("name")
+@project_option("Project of the volume (default: the NovaFile's here, else 'default').")
+@click.option("--size", default=None, help="Size to record, e.g. 10Gi.")
+@click.option("--driver", "driver_name", default="local", show_default=True,
+              help="Storage driver.")
+@pass_app
+def volume_create(app: App, name: str, project: str | None, size: str | None,
+                  driver_name: str) -> None:
+    """Create a named volume outside of `nova up`."""
+    from nova_core.drivers.models import DriverKind, ResourceKind, ResourceRef, VolumeSpec
+    from nova_core.engine.plan import Plan, PlanStep
+    from nova_core.names import NAME_RULE, is_valid_name
+    from nova_core.units import parse_size
+
+    if not is_valid_name(name):
+        raise click.BadParameter(f"'{name}' is not a volume name ({NAME_RULE})", param_hint="NAME")
+    try:
+        size_bytes = parse_size(size) if size is not None else None
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--size") from error
+    project = _volume_project(app, project)
+    options = app.registry.driver_class(DriverKind.STORAGE, driver_name).options_model()
+    spec = VolumeSpec(ref=ResourceRef(project=project, kind=ResourceKind.VOLUME, name=name),
+                      driver=driver_name, base_dir=Path.cwd(), size=size_bytes, options=options)
+    with app.lock(project):
+        if app.engine.store.resource(project, "volume", name) is not None:
+            raise NovaError(f"volume {name} already exists in project '{project}'")
+        step = PlanStep(ref=spec.ref, action="create", reason="nova volume create",
+                        driver=driver_name, spec=spec)
+        app.engine.apply(Plan(project=project, steps=[step]), command="nova volume create")
+    click.echo(f"volume {name} created in project '{project}'")
+
+
+@volume.command("ls")
+@json_option()
+@project_option("Only this project.")
+@pass_app
+def volume_ls(app: App, as_json: bool, project: str | None) -> None:
+    """List named volumes and who uses them."""
+    store = app.store(readonly=True)
+    items = []
+    for row in store.resources(project, kinds=("volume",)):
+        users = []
+        for other in store.resources(row.project, kinds=("vm", "container")):
+            if any(m.get("type") == "volume" and m.get("source") == row.name
+                   for m in other.spec_dict().get("volumes", [])):
+                users.append(other.key)
+        items.append({"project": row.project, "name": row.name, "driver": row.driver,
+                      "state": row.state, "path": row.data_dict().get("path"), "used_by": users})
+    if as_json:
+        print_json(items)
+        return
+    if not items:
+        click.echo("no volumes")
+        return
+    click.echo(table(["PROJECT", "NAME", "DRIVER", "STATE", "USED BY", "PATH"],
+                     [(i["project"], i["name"], i["driver"], i["state"],
+                       ", ".join(i["used_by"]) or "-", i["path"] or "-") for i in items]))
+
+
+@volume.command("rm")
+@click.argument("name")
+@project_option("Project of the volume (default: the NovaFile's here, else 'default').")
+@pass_app
+def volume_rm(app: App, name: str, project: str | None) -> None:
+    """Remove a named volume and its data (refused while an instance uses it)."""
+    project = _volume_project(app, project)
+    with app.lock(project):
+        if app.engine.store.resource(project, "volume", name) is None:
+            raise NovaError(f"no volume {name} in project '{project}'",
+                            hint="nova volume ls lists them")
+        users = app.engine.volume_users(project, name)
+        if users:
+            raise NovaError(f"volume {name} is in use by {', '.join(users)}",
+                            hint="remove those instances first (nova down NAME)")
+        plan = app.engine.down_plan(project, [f"volume.{name}"], remove_volumes=True)
+        app.engine.apply(plan, command="nova volume rm")
+    click.echo(f"volume {name} removed")
+
+
 # -- plugins / doctor ----------------------------------------------------------------------------
 @cli.group()
 def plugins() -> None:
