@@ -71,6 +71,14 @@ class ComputeDriver(Driver):
     def logs(self, spec: InstanceSpec, request: LogRequest) -> Iterator[LogLine]:
         """Yield the instance's output lines; with ``request.follow``, keep yielding."""
 
+    def check_health(self, spec: InstanceSpec) -> bool | None:
+        """Run the instance's health check once: True healthy, False not (yet).
+
+        None means the driver has no health checks; the engine then treats a
+        running instance as healthy. Drivers that support ``healthcheck`` override this.
+        """
+        return None
+
     def update(self, spec: InstanceSpec, changed: frozenset[str]) -> ResourceStatus:
         """Apply changes to ``changed`` fields in place.
 

@@ -387,6 +387,7 @@ class Engine:
         driver = self.driver_for(spec)
         if isinstance(driver, ComputeDriver):
             assert isinstance(spec, InstanceSpec)
+            self._wait_for_dependencies(spec)
             spec = self._prepare_instance(spec)
             self._call("create", spec, lambda: driver.create(spec), self._status_record,
                        making=True)
@@ -396,6 +397,36 @@ class Engine:
             assert isinstance(driver, NetworkDriver | StorageDriver)
             self._call("create", spec, lambda: driver.create(spec),  # type: ignore[arg-type]
                        self._status_record, making=True)
+
+    def _wait_for_dependencies(self, spec: InstanceSpec) -> None:
+        """Wait until every dependency with a health check passes it (or fail clearly)."""
+        for dep in spec.depends_on:
+            row = next((r for r in self.store.resources(spec.ref.project, ("vm", "container"))
+                        if r.name == dep), None)
+            if row is None:
+                continue
+            dep_spec = self.recorded_spec(row)
+            health = getattr(dep_spec, "healthcheck", None)
+            if health is None:
+                continue
+            driver = self.driver_for(dep_spec)
+            assert isinstance(driver, ComputeDriver) and isinstance(dep_spec, InstanceSpec)
+            limit = health.start_period + health.retries * (health.interval + health.timeout)
+            self.context.progress(f"waiting for {dep_spec.ref.key} to be healthy "
+                                  f"(up to {limit:.0f}s)")
+            deadline = time.monotonic() + limit
+            while True:
+                result = driver.check_health(dep_spec)
+                if result is None:
+                    result = driver.status(dep_spec).state is Lifecycle.RUNNING
+                if result:
+                    break
+                if time.monotonic() >= deadline:
+                    raise NovaError(f"{spec.ref.key} depends on {dep_spec.ref.key}, whose health "
+                                    f"check still fails after {limit:.0f}s",
+                                    hint=f"nova logs {dep_spec.ref.kind.value} {dep} shows why; "
+                                         "healthcheck interval/retries/start_period set the wait")
+                time.sleep(min(health.interval, max(0.0, deadline - time.monotonic())))
 
     def _prepare_instance(self, spec: InstanceSpec) -> InstanceSpec:
         """Reserve devices and attach networks, recording each before it is made."""

@@ -259,6 +259,22 @@ class CapsuleDriver(ComputeDriver):
         return runtime.argv("exec", "--no-new-privs", *(["--tty"] if tty else []), meta.id,
                             *command)
 
+    def check_health(self, spec: InstanceSpec) -> bool | None:
+        """Run the healthcheck command inside the capsule once (its timeout applies)."""
+        assert isinstance(spec, ContainerSpec)
+        if spec.healthcheck is None:
+            return None
+        try:
+            argv = self.exec_argv(spec, spec.healthcheck.command)
+        except NovaError:
+            return False
+        try:
+            done = subprocess.run(argv, capture_output=True, timeout=spec.healthcheck.timeout,
+                                  stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            return False
+        return done.returncode == 0
+
     def _exit_command(self, spec: InstanceSpec) -> list[str]:
         return [sys.executable, "-m", "nova_capsule.exit_hook", str(self.context.nova_home),
                 spec.ref.project, spec.ref.name]

@@ -1,0 +1,101 @@
+"""A Boltfile brought up as capsules through the real CLI: order, health, env, volumes."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import time
+from pathlib import Path
+
+BOLTFILE = """
+project = "shop"
+
+[services.db]
+image = "test/busybox:1"
+command = ["sh", "-c", "trap 'exit 0' TERM; sleep 1; touch /tmp/ready; while true; do sleep 0.1; done"]
+environment = ["DB_PASSWORD=hunter2-secret"]
+stop_timeout = 2
+[services.db.healthcheck]
+test = ["CMD-SHELL", "test -f /tmp/ready"]
+interval = "0.2s"
+retries = 40
+
+[services.web]
+image = "test/busybox:1"
+command = ["sh", "-c", "trap 'exit 0' TERM; echo web saw $GREETING; while true; do sleep 0.1; done"]
+depends_on = { db = { condition = "service_healthy" } }
+environment = { GREETING = "hello" }
+volumes = ["./site:/srv/site:ro", "cache:/var/cache"]
+restart = "always"
+stop_timeout = 2
+
+[volumes.cache]
+"""
+
+
+def test_boltfile_up_waits_for_health_and_wires_things(run_nova, capsule_home: Path,
+                                                         tmp_path: Path) -> None:
+    project = tmp_path / "shop"
+    (project / "site").mkdir(parents=True)
+    (project / "site" / "index.html").write_text("hi")
+    (project / "Boltfile.toml").write_text(textwrap.dedent(BOLTFILE))
+    try:
+        started = time.monotonic()
+        up = run_nova("up", cwd=project, timeout=120)
+        assert up.returncode == 0, up.stderr
+        assert time.monotonic() - started >= 1.0  # web waited for db's health check
+        assert "waiting for container.db to be healthy" in up.stderr
+        assert "hunter2-secret" not in up.stdout + up.stderr
+        order = [line.split()[2].rstrip(":") for line in up.stdout.splitlines() if "creating" in line]
+        assert order == ["volume.cache", "container.db", "container.web"]
+        listing = {i["name"]: i["state"] for i in json.loads(run_nova("ls", "--json").stdout)}
+        assert listing == {"db": "running", "web": "running"}
+        logs = run_nova("logs", "container", "web", cwd=project)
+        assert logs.stdout.strip() == "web saw hello"
+        site = run_nova("exec", "container", "web", "--", "cat", "/srv/site/index.html", cwd=project)
+        assert site.returncode == 0 and site.stdout == "hi"
+        readonly = run_nova("exec", "container", "web", "--", "touch", "/srv/site/x", cwd=project)
+        assert readonly.returncode != 0
+        cache = run_nova("exec", "container", "web", "--", "sh", "-c", "echo c > /var/cache/f",
+                         cwd=project)
+        assert cache.returncode == 0
+        volume_path = json.loads(run_nova("volume", "ls", "--json").stdout)[0]["path"]
+        assert (Path(volume_path) / "f").read_text() == "c\n"
+    finally:
+        down = run_nova("down", "--volumes", cwd=project, timeout=120)
+    assert down.returncode == 0, down.stderr
+    assert run_nova("ls", "--json").stdout.strip() == "[]"
+
+
+def test_unhealthy_dependency_is_a_clear_error(run_nova, capsule_home: Path, tmp_path: Path) -> None:
+    project = tmp_path / "sick"
+    project.mkdir()
+    (project / "Boltfile.toml").write_text(textwrap.dedent("""
+        [services.db]
+        image = "test/busybox:1"
+        command = ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done"]
+        stop_timeout = 2
+        [services.db.healthcheck]
+        test = ["CMD", "false"]
+        interval = "0.1s"
+        retries = 3
+        timeout = "1s"
+        [services.web]
+        image = "test/busybox:1"
+        depends_on = ["db"]
+    """))
+    try:
+        up = run_nova("up", cwd=project, timeout=120)
+        assert up.returncode == 1
+        assert "container.web depends on container.db, whose health check still fails" in up.stderr
+        assert "Traceback" not in up.stderr
+    finally:
+        assert run_nova("down", cwd=project, timeout=120).returncode == 0
+
+
+def test_host_network_is_flagged_in_plan(run_nova, capsule_home: Path, tmp_path: Path) -> None:
+    (tmp_path / "NovaFile").write_text('[container.h]\ncapsule = "test/busybox:1"\n'
+                                       'network = "host"\n')
+    plan = run_nova("plan", cwd=tmp_path)
+    assert plan.returncode == 0, plan.stderr
+    assert "shares the host's network; it is not isolated" in plan.stdout
