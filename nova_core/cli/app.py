@@ -376,10 +376,13 @@ def instance_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 @cli.command()
 @file_option()
+@click.option("--wait", is_flag=True, help="Wait until the instance stops, print its output, "
+              "and exit with its exit status.")
+@click.option("--rm", "remove", is_flag=True, help="Like --wait, then remove the instance.")
 @click.argument("kind", type=INSTANCE_KIND)
 @click.argument("name")
 @pass_app
-def run(app: App, file: str | None, kind: str, name: str) -> None:
+def run(app: App, file: str | None, wait: bool, remove: bool, kind: str, name: str) -> None:
     """Create (if needed) and start one instance from the NovaFile, with what it needs."""
     loaded = app.novafile(file)
     key = f"{kind}.{name}"
@@ -390,9 +393,36 @@ def run(app: App, file: str | None, kind: str, name: str) -> None:
     with app.lock(loaded.project):
         plan = app.engine.plan(loaded, [key], render=False)
         if plan.changes:
-            app.engine.apply(plan, _LineReporter(), command=f"nova run {kind} {name}")
-    row = app.engine.store.resource(loaded.project, kind, name)
-    click.echo(f"{key}: {row.state if row else 'unknown'}")
+            reporter = None if (wait or remove) else _LineReporter()
+            app.engine.apply(plan, reporter, command=f"nova run {kind} {name}")
+    if not (wait or remove):
+        row = app.engine.store.resource(loaded.project, kind, name)
+        click.echo(f"{key}: {row.state if row else 'unknown'}")
+        return
+    code = _wait_and_show(app, loaded.project, kind, name)
+    if remove:
+        with app.lock(loaded.project):
+            down = app.engine.down_plan(loaded.project, [key])
+            app.engine.apply(down, command=f"nova down {name}")
+    raise click.exceptions.Exit(code)
+
+
+def _wait_and_show(app: App, project: str, kind: str, name: str) -> int:
+    """Wait for an instance to stop; print its output; return its exit code (1 if unknown)."""
+    import time as clock
+
+    from nova_core.drivers.models import Lifecycle, LogRequest, ResourceKind
+
+    spec, driver = app.engine.instance(project, ResourceKind(kind), name)
+    status = driver.status(spec)
+    delay = 0.005
+    while status.state in (Lifecycle.RUNNING, Lifecycle.PAUSED, Lifecycle.CREATED):
+        clock.sleep(delay)
+        delay = min(delay * 2, 0.1)
+        status = driver.status(spec)
+    for line in driver.logs(spec, LogRequest()):
+        click.echo(line.text, err=line.stream == "stderr")
+    return status.exit_code if status.exit_code is not None else 1
 
 
 @cli.command()

@@ -263,6 +263,7 @@ class ResourceStatus(_Record):
     state: Lifecycle
     detail: str = ""
     data: dict[str, str] = Field(default_factory=dict)
+    exit_code: int | None = None
 
 
 class SnapshotInfo(_Record):

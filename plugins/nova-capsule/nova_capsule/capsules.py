@@ -65,6 +65,7 @@ class CapsuleFiles:
         self.exits = root / "exits"
         self.snapshots = root / "snapshots"
         self.stopping = root / "stopping"
+        self.run_id = root / "run-id"
 
     def exists(self) -> bool:
         """True once created."""
@@ -168,3 +169,50 @@ class UidAllocator:
             taken = json.loads(self.path.read_text()) if self.path.exists() else {}
             if taken.pop(capsule_id, None) is not None:
                 self.path.write_text(json.dumps(taken, indent=1, sort_keys=True))
+
+
+def capsule_id(project: str, name: str) -> str:
+    """The runtime's container id."""
+    return f"nova-{project}-{name}"
+
+
+def capsule_files(nova_home: Path, project: str, name: str) -> CapsuleFiles:
+    """The files of capsule ``project``/``name``."""
+    from nova_capsule.runtime import run_root
+
+    return CapsuleFiles(nova_home / "drivers" / "capsule" / "capsules" / project / name,
+                        run_root(nova_home) / "capsules" / capsule_id(project, name))
+
+
+class CapsuleLock:
+    """A per-capsule lock (a flock under /run), re-entrant within one process.
+
+    The driver holds it while it starts, stops, restores or deletes a capsule;
+    the exit hook holds it while it restarts or cleans up after an exit.
+    """
+
+    _held: dict[str, tuple[int, int]] = {}
+
+    def __init__(self, nova_home: Path, capsule: str) -> None:
+        from nova_capsule.runtime import run_root
+
+        self.path = run_root(nova_home) / "locks" / f"{capsule}.lock"
+
+    def __enter__(self) -> CapsuleLock:
+        key = str(self.path)
+        fd, depth = self._held.get(key, (-1, 0))
+        if depth == 0:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        self._held[key] = (fd, depth + 1)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        key = str(self.path)
+        fd, depth = self._held[key]
+        if depth == 1:
+            del self._held[key]
+            os.close(fd)
+        else:
+            self._held[key] = (fd, depth - 1)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +13,15 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from nova_capsule import bundle as bundlemod
-from nova_capsule.capsules import UID_COUNT, CapsuleFiles, CapsuleMeta, UidAllocator
+from nova_capsule.capsules import (
+    UID_COUNT,
+    CapsuleFiles,
+    CapsuleLock,
+    CapsuleMeta,
+    UidAllocator,
+    capsule_files,
+    capsule_id,
+)
 from nova_capsule.cgroups import cgroup_path, remove_cgroup
 from nova_capsule.runtime import Runtime, find_runtime, launch_with_conmon, run_root
 from nova_core.drivers.compute import ComputeDriver
@@ -37,17 +44,6 @@ class CapsuleOptions(DriverOptions):
     """Keys the capsule driver adds to ``[container.NAME]``."""
 
     runtime: Literal["crun", "runc"] = "crun"
-
-
-def capsule_id(project: str, name: str) -> str:
-    """The runtime's container id."""
-    return f"nova-{project}-{name}"
-
-
-def capsule_files(nova_home: Path, project: str, name: str) -> CapsuleFiles:
-    """The files of capsule ``project``/``name``."""
-    return CapsuleFiles(nova_home / "drivers" / "capsule" / "capsules" / project / name,
-                        run_root(nova_home) / "capsules" / capsule_id(project, name))
 
 
 class CapsuleDriver(ComputeDriver):
@@ -225,29 +221,32 @@ class CapsuleDriver(ComputeDriver):
 
     def start(self, spec: InstanceSpec) -> ResourceStatus:
         """Mount the root filesystem and start the capsule under a new conmon."""
-        assert isinstance(spec, ContainerSpec)
-        files = self.files(spec)
-        if not files.exists():
-            raise NovaError(f"{spec.ref.key} does not exist", hint="nova up creates it")
-        meta = files.read()
-        runtime = self._runtime(spec)
-        state = runtime.state(meta.id)
-        if state and state.get("status") == "running":
+        with CapsuleLock(self.context.nova_home, self._id(spec)):
+            assert isinstance(spec, ContainerSpec)
+            files = self.files(spec)
+            if not files.exists():
+                raise NovaError(f"{spec.ref.key} does not exist", hint="nova up creates it")
+            meta = files.read()
+            runtime = self._runtime(spec)
+            state = runtime.state(meta.id)
+            if state and state.get("status") == "running":
+                return self.status(spec)
+            if state is not None:
+                runtime.call("delete", "--force", meta.id, check=False)
+            try:
+                files.mount(meta, self._layer_dirs(meta))
+                self._write_config(spec, files, meta)
+                files.stopping.unlink(missing_ok=True)
+                run_id = os.urandom(8).hex()
+                files.run_id.write_text(run_id)
+                launch_with_conmon(runtime, meta.id, files.root, files.log, files.exits,
+                                   run_root(self.context.nova_home) / "sock",
+                                   exit_command=self._exit_command(spec, run_id))
+                runtime.call("start", meta.id)
+            except BaseException:
+                self._teardown(runtime, meta, files)
+                raise
             return self.status(spec)
-        if state is not None:
-            runtime.call("delete", "--force", meta.id, check=False)
-        try:
-            files.mount(meta, self._layer_dirs(meta))
-            self._write_config(spec, files, meta)
-            files.stopping.unlink(missing_ok=True)
-            launch_with_conmon(runtime, meta.id, files.root, files.log, files.exits,
-                               run_root(self.context.nova_home) / "sock",
-                               exit_command=self._exit_command(spec))
-            runtime.call("start", meta.id)
-        except BaseException:
-            self._teardown(runtime, meta, files)
-            raise
-        return self.status(spec)
 
     def exec_argv(self, spec: InstanceSpec, command: list[str], tty: bool = False) -> list[str]:
         """The runtime command line that runs ``command`` in the running capsule."""
@@ -275,9 +274,9 @@ class CapsuleDriver(ComputeDriver):
             return False
         return done.returncode == 0
 
-    def _exit_command(self, spec: InstanceSpec) -> list[str]:
+    def _exit_command(self, spec: InstanceSpec, run_id: str) -> list[str]:
         return [sys.executable, "-m", "nova_capsule.exit_hook", str(self.context.nova_home),
-                spec.ref.project, spec.ref.name]
+                spec.ref.project, spec.ref.name, run_id]
 
     def _teardown(self, runtime: Runtime, meta: CapsuleMeta, files: CapsuleFiles) -> None:
         """Remove the runtime's container, the mounts and the cgroup."""
@@ -287,20 +286,20 @@ class CapsuleDriver(ComputeDriver):
 
     def stop(self, spec: InstanceSpec, timeout: float) -> ResourceStatus:
         """SIGTERM, then SIGKILL after ``timeout``; then unmount (the upper layer stays)."""
-        files = self.files(spec)
-        if not files.exists():
-            return ResourceStatus(ref=spec.ref, state=Lifecycle.MISSING)
-        meta = files.read()
-        runtime = self._runtime(spec)
-        files.stopping.write_text(str(time.time()))
-        if self._running(runtime, meta.id):
-            runtime.call("kill", meta.id, "TERM", check=False)
-            if not self._wait_stopped(runtime, meta.id, timeout):
-                runtime.call("kill", meta.id, "KILL", check=False)
-                self._wait_stopped(runtime, meta.id, 10)
-        self._wait_conmon(files)
-        self._teardown(runtime, meta, files)
-        return self.status(spec)
+        with CapsuleLock(self.context.nova_home, self._id(spec)):
+            files = self.files(spec)
+            if not files.exists():
+                return ResourceStatus(ref=spec.ref, state=Lifecycle.MISSING)
+            meta = files.read()
+            runtime = self._runtime(spec)
+            files.stopping.write_text(str(time.time()))
+            if self._running(runtime, meta.id):
+                runtime.call("kill", meta.id, "TERM", check=False)
+                if not self._wait_stopped(runtime, meta.id, timeout):
+                    runtime.call("kill", meta.id, "KILL", check=False)
+                    self._wait_stopped(runtime, meta.id, 10)
+            self._teardown(runtime, meta, files)
+            return self.status(spec)
 
     @staticmethod
     def _running(runtime: Runtime, capsule: str) -> bool:
@@ -316,34 +315,19 @@ class CapsuleDriver(ComputeDriver):
             time.sleep(0.02)
         return False
 
-    @staticmethod
-    def _wait_conmon(files: CapsuleFiles, timeout: float = 5.0) -> None:
-        """conmon writes the exit code and runs the exit hook; let it finish."""
-        try:
-            pid = int((files.root / "conmon.pid").read_text())
-        except (OSError, ValueError):
-            return
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.02)
-        os.kill(pid, signal.SIGKILL)
-
     def delete(self, spec: InstanceSpec) -> None:
         """Stop the capsule and remove its files, cgroup and id range (fine if missing)."""
-        files = self.files(spec)
-        capsule = self._id(spec)
-        if files.exists():
-            self.stop(spec, spec.stop_timeout if spec.stop_timeout < 5 else 5)
-        else:
-            runtime = self._runtime(spec)
-            runtime.call("delete", "--force", capsule, check=False)
-        files.remove()
-        remove_cgroup(capsule)
-        self._uids().release(capsule)
+        with CapsuleLock(self.context.nova_home, self._id(spec)):
+            files = self.files(spec)
+            capsule = self._id(spec)
+            if files.exists():
+                self.stop(spec, spec.stop_timeout if spec.stop_timeout < 5 else 5)
+            else:
+                runtime = self._runtime(spec)
+                runtime.call("delete", "--force", capsule, check=False)
+            files.remove()
+            remove_cgroup(capsule)
+            self._uids().release(capsule)
 
     def status(self, spec: InstanceSpec) -> ResourceStatus:
         """running / paused / stopped (with the exit code) / created / missing."""
@@ -363,7 +347,8 @@ class CapsuleDriver(ComputeDriver):
         if code is None and not files.log.exists():
             return ResourceStatus(ref=spec.ref, state=Lifecycle.CREATED, data=data)
         detail = f"exited with code {code}" if code is not None else ""
-        return ResourceStatus(ref=spec.ref, state=Lifecycle.STOPPED, detail=detail, data=data)
+        return ResourceStatus(ref=spec.ref, state=Lifecycle.STOPPED, detail=detail, data=data,
+                              exit_code=code)
 
     def snapshot(self, spec: InstanceSpec, name: str) -> SnapshotInfo:
         """Copy the writable layer (reflink where possible) while the capsule is frozen."""
@@ -393,28 +378,29 @@ class CapsuleDriver(ComputeDriver):
 
     def restore_snapshot(self, spec: InstanceSpec, name: str) -> ResourceStatus:
         """Replace the writable layer with a copy of the snapshot; restart if it was running."""
-        import shutil
+        with CapsuleLock(self.context.nova_home, self._id(spec)):
+            import shutil
 
-        files = self.files(spec)
-        saved = files.snapshots / name
-        if not files.exists() or not saved.is_dir():
-            raise NovaError(f"{spec.ref.key} has no snapshot {name}")
-        was_running = self.status(spec).state is Lifecycle.RUNNING
-        if was_running:
-            self.stop(spec, spec.stop_timeout)
-        fresh = files.root / "upper.restore"
-        shutil.rmtree(fresh, ignore_errors=True)
-        subprocess.run(["cp", "-a", "--reflink=auto", str(saved), str(fresh)], check=True,
-                       capture_output=True)
-        old = files.root / "upper.old"
-        os.rename(files.upper, old)
-        os.rename(fresh, files.upper)
-        shutil.rmtree(old, ignore_errors=True)
-        shutil.rmtree(files.work, ignore_errors=True)  # overlay needs an empty workdir
-        files.work.mkdir()
-        meta = files.read()
-        os.chown(files.work, meta.uid_base, meta.uid_base)
-        return self.start(spec) if was_running else self.status(spec)
+            files = self.files(spec)
+            saved = files.snapshots / name
+            if not files.exists() or not saved.is_dir():
+                raise NovaError(f"{spec.ref.key} has no snapshot {name}")
+            was_running = self.status(spec).state is Lifecycle.RUNNING
+            if was_running:
+                self.stop(spec, spec.stop_timeout)
+            fresh = files.root / "upper.restore"
+            shutil.rmtree(fresh, ignore_errors=True)
+            subprocess.run(["cp", "-a", "--reflink=auto", str(saved), str(fresh)], check=True,
+                           capture_output=True)
+            old = files.root / "upper.old"
+            os.rename(files.upper, old)
+            os.rename(fresh, files.upper)
+            shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(files.work, ignore_errors=True)  # overlay needs an empty workdir
+            files.work.mkdir()
+            meta = files.read()
+            os.chown(files.work, meta.uid_base, meta.uid_base)
+            return self.start(spec) if was_running else self.status(spec)
 
     def delete_snapshot(self, spec: InstanceSpec, name: str) -> None:
         """Remove the snapshot's copy."""

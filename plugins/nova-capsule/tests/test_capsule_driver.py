@@ -248,3 +248,20 @@ def test_snapshot_restores_the_filesystem(driver: CapsuleDriver, running: Contai
     assert done.stdout.split() == ["before", "state"]
     driver.delete_snapshot(running, "s1")
     assert not (driver.files(running).snapshots / "s1").exists()
+
+
+def test_quick_reincarnation_is_not_undone_by_an_old_exit_hook(driver: CapsuleDriver,
+                                                                tmp_path: Path) -> None:
+    """A capsule that exits, is removed and made again at once: the first run's exit hook
+    (still running) must not touch the new run's mounts."""
+    spec = container(tmp_path, command=["sh", "-c", "echo run"])
+    for _ in range(4):
+        driver.create(spec)
+        try:
+            driver.start(spec)
+            deadline = time.monotonic() + 10
+            while driver.status(spec).state.value == "running" and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert driver.status(spec).exit_code == 0
+        finally:
+            driver.delete(spec)
