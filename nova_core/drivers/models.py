@@ -58,13 +58,13 @@ class Lifecycle(enum.StrEnum):
 
 
 class _Record(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 class ResourceRef(_Record):
     """Identifies one resource of one project: ``dev-lab`` / ``vm`` / ``win11``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     project: str
     kind: ResourceKind

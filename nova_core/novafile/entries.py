@@ -95,7 +95,7 @@ RestartPolicy = Literal["no", "on-failure", "always", "unless-stopped"]
 
 
 class _Entry(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, defer_build=True)
 
     driver: str | None = Field(None, description="driver name; the kind's default if absent")
 
@@ -117,7 +117,7 @@ class _InstanceEntry(_Entry):
 class DiskEntry(BaseModel):
     """An extra VM disk."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     path: str
     size: Size | None = None
     format: Literal["qcow2", "raw"] = "qcow2"
@@ -147,7 +147,7 @@ class VmEntry(_InstanceEntry):
 class HealthCheckEntry(BaseModel):
     """A health check; ``test`` (compose style) or ``command``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     test: Command | None = None
     command: Command | None = None
     interval: Duration = 5.0
@@ -168,14 +168,14 @@ class HealthCheckEntry(BaseModel):
 class StorageEntry(BaseModel):
     """``[services.X.storage]``: size of the capsule's writable layer."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     size: Size
 
 
 class AuthEntry(BaseModel):
     """Registry credentials to pull a capsule's image; never printed."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     username: str | None = None
     password: str | None = None
     token: str | None = None

@@ -244,6 +244,8 @@ class CapsuleDriver(ComputeDriver):
                                    exit_command=self._exit_command(spec, run_id))
                 runtime.call("start", meta.id)
             except BaseException:
+                files.run_id.unlink(missing_ok=True)  # any exit hook of this run is now stale
+                self._kill_monitor(files)
                 self._teardown(runtime, meta, files)
                 raise
             return self.status(spec)
@@ -277,6 +279,25 @@ class CapsuleDriver(ComputeDriver):
     def _exit_command(self, spec: InstanceSpec, run_id: str) -> list[str]:
         return [sys.executable, "-m", "nova_capsule.exit_hook", str(self.context.nova_home),
                 spec.ref.project, spec.ref.name, run_id]
+
+    @staticmethod
+    def _kill_monitor(files: CapsuleFiles, timeout: float = 2.0) -> None:
+        """End this run's conmon (after a failed start nothing may stay behind)."""
+        import signal
+
+        try:
+            pid = int((files.root / "conmon.pid").read_text())
+        except (OSError, ValueError):
+            return
+        try:
+            if os.path.basename(Path(f"/proc/{pid}/exe").resolve()) != "conmon":
+                return
+            os.kill(pid, signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            return
+        deadline = time.monotonic() + timeout
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def _teardown(self, runtime: Runtime, meta: CapsuleMeta, files: CapsuleFiles) -> None:
         """Remove the runtime's container, the mounts and the cgroup."""

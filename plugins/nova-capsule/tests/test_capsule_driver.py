@@ -37,7 +37,7 @@ def leftovers(nova_home: Path) -> list[str]:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
             except OSError:
                 continue
-            if cmdline.startswith("conmon") and home in cmdline:
+            if os.path.basename(cmdline.split("\0", 1)[0]) == "conmon" and home in cmdline:
                 found.append(f"conmon pid {pid}")
     capsules = nova_home / "drivers" / "capsule" / "capsules"
     if capsules.is_dir():

@@ -1,0 +1,207 @@
+#!/usr/bin/env python3
+"""Capsule start-up: Nova against raw crun and against podman, side by side.
+
+1. Command to exit of /bin/true in a throwaway container, median of --runs:
+   * raw `crun run` of a bundle holding the same busybox rootfs (the floor),
+   * `nova run --rm container t` (NovaFile with capsule = the image),
+   * `podman run --rm --network none IMAGE /bin/true` (Debian's podman 4.3) with the same
+     crun Nova uses: on a hybrid-cgroup host podman's own crun refuses to run, so podman
+     is handed Nova's crun wrapper (--runtime); a capsule also has a private, loopback-only
+     network, hence --network none.
+2. Twenty long-running capsules: `nova up` against `podman-compose up -d` of the
+   equivalent compose file (each then taken down, untimed).
+3. Host memory a running capsule costs beyond its workload: RSS of the monitor
+   (conmon) per capsule, and any other resident process Nova adds (none).
+
+Targets from the issue: Nova at most 30 ms over raw crun; at most 0.3 of podman.
+
+    sudo .venv/bin/python bench/capsule_start.py [--runs 20]
+
+Needs root, crun, conmon, docker-registry and busybox-static (scripts/setup.sh
+installs them) and, for the peer columns, podman and podman-compose
+(apt-get install podman podman-compose); without them those columns are skipped.
+Everything runs on 127.0.0.1 in temporary folders and is removed afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from nova_capsule.layers import extract_layer
+from nova_capsule.runtime import find_runtime
+from nova_capsule.testing import LocalRegistry, busybox_layer, image_config, push_image
+
+PODMAN_LIMITS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
+
+
+def timed(argv: list[str], runs: int, env: dict[str, str] | None = None,
+          cwd: Path | None = None) -> float:
+    """Median seconds of ``argv`` (one warm-up run first)."""
+    subprocess.run(argv, env=env, cwd=cwd, capture_output=True, check=True)
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(argv, env=env, cwd=cwd, capture_output=True, check=True)
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of ``pid`` in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def conmon_pids(marker: str) -> list[int]:
+    """PIDs of conmon processes whose command line contains ``marker``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmd = Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if os.path.basename(cmd.split("\0", 1)[0]) == "conmon" and marker in cmd:
+                found.append(int(entry))
+    return found
+
+
+def crun_floor(tmp: Path, layer: bytes, runs: int) -> float:
+    """Raw `crun run` of a bundle with the busybox rootfs running /bin/true."""
+    blob = tmp / "layer.tar.gz"
+    blob.write_bytes(layer)
+    bundle = tmp / "bundle"
+    bundle.mkdir()
+    extract_layer(blob, bundle / "rootfs")
+    runtime = find_runtime("crun", tmp / "crun-home")
+    subprocess.run([runtime.binary, "spec"], cwd=bundle, check=True)
+    config = json.loads((bundle / "config.json").read_text())
+    config["process"].update(terminal=False, args=["/bin/true"])
+    config["linux"]["cgroupsPath"] = "/nova-bench/floor"
+    (bundle / "config.json").write_text(json.dumps(config))
+    median = timed(runtime.argv("run", "-b", str(bundle), "nova-bench-floor"), runs)
+    return median
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--many", type=int, default=20, help="capsules for the `up` comparison")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("run as root (capsules need it)", file=sys.stderr)
+        return 1
+    nova = [str(Path(sys.executable).parent / "nova")]
+    podman = shutil.which("podman")
+    compose = shutil.which("podman-compose")
+    results: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="nova-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        registry = LocalRegistry(tmp / "registry").start()
+        home = tmp / "home"
+        home.mkdir()
+        (home / "config.toml").write_text(f'[images]\ndefault_registry = "{registry.address}"\n')
+        env = dict(os.environ, NOVA_HOME=str(home))
+        project = tmp / "project"
+        project.mkdir()
+        try:
+            layer = busybox_layer()
+            push_image(registry.address, "bench/busybox", "1", [layer],
+                       image_config(["/bin/sh"], layers=[layer]))
+            image = f"{registry.address}/bench/busybox:1"
+            results["raw crun run"] = crun_floor(tmp, layer, args.runs)
+            (project / "NovaFile").write_text(
+                f'project = "bench"\n[container.t]\ncapsule = "{image}"\ncommand = ["/bin/true"]\n')
+            subprocess.run([*nova, "image", "pull", image], env=env, check=True,
+                           capture_output=True)
+            results["nova run --rm"] = timed([*nova, "run", "--rm", "container", "t"], args.runs,
+                                             env, project)
+            runtime = find_runtime("crun", home).executable
+            if podman:
+                subprocess.run([podman, "pull", "--tls-verify=false", image], check=True,
+                               capture_output=True)
+                results["podman run --rm"] = timed(
+                    [podman, "run", "--rm", *PODMAN_LIMITS, "--network", "none",
+                     "--runtime", runtime, image, "/bin/true"], args.runs)
+            many_up, many_rss = nova_many(nova, env, project, image, args.many)
+            results[f"nova up ({args.many} capsules)"] = many_up
+            if podman and compose:
+                results[f"podman-compose up ({args.many})"] = compose_many(
+                    compose, tmp, image, args.many, runtime)
+        finally:
+            registry.stop()
+            if podman:
+                subprocess.run([podman, "rmi", "-f", f"{registry.address}/bench/busybox:1"],
+                               capture_output=True)
+    print(f"{'what':<32} {'median':>10}")
+    for name, seconds in results.items():
+        print(f"{name:<32} {seconds * 1000:8.1f}ms")
+    floor = results["raw crun run"]
+    ours = results["nova run --rm"]
+    print(f"\nnova run --rm over raw crun: {(ours - floor) * 1000:+.1f} ms (target <= +30 ms: "
+          f"{'met' if ours - floor <= 0.030 else 'MISSED'})")
+    if "podman run --rm" in results:
+        ratio = ours / results["podman run --rm"]
+        print(f"nova run --rm / podman run --rm: {ratio:.2f} (target <= 0.30: "
+              f"{'met' if ratio <= 0.30 else 'MISSED'})")
+    key = f"podman-compose up ({args.many})"
+    if key in results:
+        print(f"nova up / podman-compose up ({args.many} capsules): "
+              f"{results[f'nova up ({args.many} capsules)'] / results[key]:.2f}")
+    print(f"host RSS per running capsule (conmon): {many_rss:.0f} KiB "
+          f"(target <= 2048 KiB: {'met' if many_rss <= 2048 else 'MISSED'}); "
+          "Nova keeps no other process per capsule")
+    return 0
+
+
+def nova_many(nova: list[str], env: dict[str, str], project: Path, image: str,
+              count: int) -> tuple[float, float]:
+    """`nova up` of ``count`` sleeping capsules; returns (seconds, mean conmon RSS KiB)."""
+    text = ['project = "many"']
+    for index in range(count):
+        text.append(f'[container.s{index}]\ncapsule = "{image}"\nstop_timeout = 2\n'
+                    "command = [\"sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1; done\"]")
+    folder = project.parent / "many"
+    folder.mkdir()
+    (folder / "NovaFile").write_text("\n".join(text) + "\n")
+    start = time.perf_counter()
+    subprocess.run([*nova, "up"], env=env, cwd=folder, check=True, capture_output=True)
+    seconds = time.perf_counter() - start
+    pids = conmon_pids(env["NOVA_HOME"])
+    rss = statistics.mean(rss_kib(pid) for pid in pids) if pids else 0.0
+    subprocess.run([*nova, "down"], env=env, cwd=folder, check=True, capture_output=True)
+    return seconds, rss
+
+
+def compose_many(compose: str, tmp: Path, image: str, count: int, runtime: str) -> float:
+    """`podman-compose up -d` of the same ``count`` services."""
+    folder = tmp / "compose"
+    folder.mkdir()
+    lines = ["services:"]
+    for index in range(count):
+        lines += [f"  s{index}:", f"    image: {image}",
+                  "    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1; done\"]",
+                  "    ulimits: {nofile: {soft: 1024, hard: 1024}, nproc: {soft: 1024, hard: 1024}}",
+                  "    network_mode: none"]
+    (folder / "docker-compose.yml").write_text("\n".join(lines) + "\n")
+    start = time.perf_counter()
+    subprocess.run([compose, f"--podman-run-args=--runtime={runtime}", "up", "-d"], cwd=folder,
+                   check=True, capture_output=True)
+    seconds = time.perf_counter() - start
+    subprocess.run([compose, "down", "-t", "2"], cwd=folder, capture_output=True)
+    return seconds
+
+
+if __name__ == "__main__":
+    sys.exit(main())
