@@ -51,14 +51,14 @@ def image_ls(as_json: bool) -> None:
 @click.argument("reference")
 def image_rm(reference: str) -> None:
     """Remove an image; layers other images or capsules use are kept."""
-    from nova_capsule.images import find_local, image_store
+    from nova_capsule.images import find_local, image_store, layers_in_use
     from nova_core.errors import NovaError
 
     home = default_nova_home()
     record = find_local(home, reference)
     if record is None:
         raise NovaError(f"no image {reference} in the store", hint="nova image ls lists them")
-    removed = image_store(home).remove(record.name, in_use=set())
+    removed = image_store(home).remove(record.name, in_use=layers_in_use(home))
     click.echo(f"removed {record.name} ({len(removed)} blob{'s' if len(removed) != 1 else ''} "
                "freed)")
 

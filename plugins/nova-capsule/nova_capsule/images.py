@@ -53,3 +53,17 @@ def pull(nova_home: Path, text: str, credentials: Credentials | None = None,
             bar.update(task, completed=done, total=total)
 
         return store.pull(ref, client, update)
+
+
+def layers_in_use(nova_home: Path) -> set[str]:
+    """Layer digests that existing capsules are built on (never removed with an image)."""
+    import json
+
+    used: set[str] = set()
+    capsules = nova_home / "drivers" / "capsule" / "capsules"
+    for meta in capsules.glob("*/*/capsule.json"):
+        try:
+            used.update(json.loads(meta.read_text()).get("layers", []))
+        except (OSError, ValueError):
+            continue
+    return used

@@ -265,3 +265,26 @@ def test_quick_reincarnation_is_not_undone_by_an_old_exit_hook(driver: CapsuleDr
             assert driver.status(spec).exit_code == 0
         finally:
             driver.delete(spec)
+
+
+def test_missing_runtime_is_a_clear_error(driver: CapsuleDriver, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from nova_core.errors import NovaError
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # a host without crun, runc or conmon
+    with pytest.raises(NovaError, match="no OCI runtime found") as caught:
+        driver.create(container(tmp_path, name="nort"))
+    assert caught.value.hint == "apt-get install crun (or runc)"
+    assert not driver.files(container(tmp_path, name="nort")).root.exists()
+
+
+def test_image_rm_keeps_layers_capsules_use(driver: CapsuleDriver, running: ContainerSpec,
+                                            run_nova, capsule_home: Path) -> None:
+    from nova_capsule.images import find_local, image_store
+
+    record = find_local(capsule_home, "test/busybox:1")
+    assert record is not None
+    assert run_nova("image", "rm", "test/busybox:1").returncode == 0
+    assert image_store(capsule_home).layer_path(record.layers[0]).is_dir()
+    assert driver.stop(running, 3).state.value == "stopped"
+    assert driver.start(running).state.value == "running"  # still startable

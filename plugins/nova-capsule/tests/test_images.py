@@ -200,3 +200,67 @@ def test_import_rootfs_tarball_and_oci_archive(tmp_path: Path) -> None:
     assert other.layers == record.layers
     with pytest.raises(NovaError, match="not a tar archive"):
         store.import_archive(Path(__file__), "x:y")
+
+
+def test_bearer_and_basic_auth_protocols(tmp_path: Path) -> None:
+    """A registry (127.0.0.1, in-process) that answers 401 with a Bearer challenge; its token
+    service wants Basic credentials, as Docker Hub-style registries do."""
+    import base64
+    import http.server
+    import threading
+
+    layer = busybox_layer()
+    config = image_config(["/bin/sh"], layers=[layer])
+    blobs = {"sha256:" + hashlib.sha256(b).hexdigest(): b for b in (layer, config)}
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"digest": "sha256:" + hashlib.sha256(config).hexdigest(), "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": "sha256:" + hashlib.sha256(layer).hexdigest(),
+                    "size": len(layer)}]}).encode()
+    seen: list[str] = []
+
+    class Registry(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            port = self.server.server_address[1]
+            if self.path.startswith("/token"):
+                expected = "Basic " + base64.b64encode(b"me:pw").decode()
+                seen.append(self.path)
+                if self.headers.get("Authorization") != expected:
+                    return self._send(401, b"{}")
+                return self._send(200, json.dumps({"token": "tok-123"}).encode())
+            if self.headers.get("Authorization") != "Bearer tok-123":
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", f'Bearer realm="http://127.0.0.1:{port}/token"'
+                                 ',service="test",scope="repository:auth/image:pull"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return None
+            if "/manifests/" in self.path:
+                return self._send(200, manifest, "application/vnd.oci.image.manifest.v1+json")
+            return self._send(200, blobs[self.path.rsplit("/", 1)[1]])
+
+        def _send(self, code: int, body: bytes, kind: str = "application/json") -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    from nova_capsule.registry import Credentials
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Registry)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        ref = parse_reference(f"127.0.0.1:{server.server_address[1]}/auth/image:1")
+        store = ImageStore(tmp_path / "images")
+        with pytest.raises(NovaError, match="getting a token"):
+            store.pull(ref, RegistryClient(ref))  # no credentials: the token service says no
+        record = store.pull(ref, RegistryClient(ref, Credentials("me", "pw")))
+    finally:
+        server.shutdown()
+    assert record.layers and store.layer_path(record.layers[0]).is_dir()
+    assert seen and "service=test" in seen[-1] and "scope=repository%3Aauth%2Fimage%3Apull" in seen[-1]
