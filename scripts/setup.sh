@@ -41,4 +41,14 @@ echo "setup: installing nova-core and plugins into .venv"
 plugin_args=()
 for plugin in plugins/*/; do plugin_args+=(-e "./$plugin"); done
 .venv/bin/python -m pip install -q "${plugin_args[@]}"
+if [ -x /bin/busybox ] && .venv/bin/python -c "import nova_capsule" 2>/dev/null; then
+    # a small local image for examples/quickstart: no registry needed
+    if ! .venv/bin/nova image ls 2>/dev/null | grep -q "^local/busybox:latest "; then
+        tarball=$(mktemp --suffix=.tar.gz)
+        .venv/bin/python -c "import sys; from nova_capsule.testing import busybox_layer; open(sys.argv[1], 'wb').write(busybox_layer())" "$tarball"
+        .venv/bin/nova image import "$tarball" local/busybox >/dev/null
+        rm -f "$tarball"
+        echo "setup: imported image local/busybox:latest (from busybox-static)"
+    fi
+fi
 echo "setup: done. $(.venv/bin/nova --version); try: .venv/bin/nova doctor"

@@ -41,12 +41,31 @@ def test_validate_json_is_json_on_every_path(run_nova) -> None:
     assert json.loads(done.stdout)["valid"] is False
 
 
-def test_quickstart_round_trip(run_nova, nova_home: Path) -> None:
-    up = run_nova("up", "-f", QUICKSTART)
-    assert up.returncode == 0, up.stderr
-    assert (nova_home / "drivers/local/quickstart/data/data").is_dir()
-    assert "up to date" in run_nova("up", "-f", QUICKSTART, check=True).stdout
-    assert run_nova("ls", check=True).stdout.startswith("no instances")
-    down = run_nova("down", "--volumes", "-f", QUICKSTART, check=True)
+def test_quickstart_round_trip(run_nova, nova_home: Path, tmp_path: Path) -> None:
+    """The README's main job, with the image scripts/setup.sh imports (a real capsule)."""
+    import time
+
+    from nova_capsule.testing import busybox_layer
+
+    tarball = tmp_path / "busybox.tar.gz"
+    tarball.write_bytes(busybox_layer())
+    run_nova("image", "import", str(tarball), "local/busybox", check=True)
+    try:
+        up = run_nova("up", "-f", QUICKSTART)
+        assert up.returncode == 0, up.stderr
+        assert (nova_home / "drivers/local/quickstart/data/data").is_dir()
+        assert "up to date" in run_nova("up", "-f", QUICKSTART, check=True).stdout
+        listing = json.loads(run_nova("ls", "--json", check=True).stdout)
+        assert [(i["name"], i["state"]) for i in listing] == [("hello", "running")]
+        ticks = nova_home / "drivers/local/quickstart/data/data/ticks"
+        deadline = time.monotonic() + 10
+        while not ticks.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert ticks.read_text().strip()  # the capsule writes into the named volume
+        logs = run_nova("logs", "container", "hello", check=True).stdout
+        assert logs == "hello from hello\n"
+    finally:
+        down = run_nova("down", "--volumes", "-f", QUICKSTART)
+    assert down.returncode == 0, down.stderr
     assert "2 removed" in down.stdout
     assert not (nova_home / "drivers/local/quickstart/data").exists()
