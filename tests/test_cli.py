@@ -66,6 +66,11 @@ def test_quickstart_round_trip(run_nova, nova_home: Path, tmp_path: Path) -> Non
         assert logs == "hello from hello\n"
     finally:
         down = run_nova("down", "--volumes", "-f", QUICKSTART)
+        import shutil
+
+        from nova_capsule.runtime import run_root
+
+        shutil.rmtree(run_root(nova_home), ignore_errors=True)
     assert down.returncode == 0, down.stderr
     assert "2 removed" in down.stdout
     assert not (nova_home / "drivers/local/quickstart/data").exists()

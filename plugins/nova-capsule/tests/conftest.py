@@ -24,9 +24,14 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRegistry
 
 
 @pytest.fixture
-def capsule_home(nova_home: Path, registry: LocalRegistry) -> Path:
-    """A NOVA_HOME whose default registry is the local one."""
+def capsule_home(nova_home: Path, registry: LocalRegistry) -> Iterator[Path]:
+    """A NOVA_HOME whose default registry is the local one; its /run folder goes afterwards."""
+    import shutil
+
+    from nova_capsule.runtime import run_root
+
     nova_home.mkdir(parents=True, exist_ok=True)
     (nova_home / "config.toml").write_text(
         f'[images]\ndefault_registry = "{registry.address}"\n')
-    return nova_home
+    yield nova_home
+    shutil.rmtree(run_root(nova_home), ignore_errors=True)
