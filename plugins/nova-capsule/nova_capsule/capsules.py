@@ -193,16 +193,18 @@ class CapsuleLock:
 
     _held: dict[str, tuple[int, int]] = {}
 
-    def __init__(self, nova_home: Path, capsule: str) -> None:
+    def __init__(self, nova_home: Path, capsule: str, create: bool = True) -> None:
         from nova_capsule.runtime import run_root
 
         self.path = run_root(nova_home) / "locks" / f"{capsule}.lock"
+        self.create = create  # False: fail (FileNotFoundError) rather than recreate the folder
 
     def __enter__(self) -> CapsuleLock:
         key = str(self.path)
         fd, depth = self._held.get(key, (-1, 0))
         if depth == 0:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.create:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             fcntl.flock(fd, fcntl.LOCK_EX)
         self._held[key] = (fd, depth + 1)

@@ -33,7 +33,7 @@ def _handle(nova_home: Path, project: str, name: str, run_id: str) -> int:
     # light imports only: this runs once per capsule exit
     from nova_capsule.capsules import CapsuleLock, capsule_id
 
-    with CapsuleLock(nova_home, capsule_id(project, name)):
+    with CapsuleLock(nova_home, capsule_id(project, name), create=False):
         return _after_exit(nova_home, project, name, run_id)
 
 
