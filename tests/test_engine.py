@@ -378,3 +378,14 @@ def test_volume_commands(lab: Path, run_nova, nova_home: Path, tmp_path: Path) -
     assert not (nova_home / "drivers/local/default/scratch").exists()
     gone = run_nova("volume", "rm", "scratch", "-p", "default")
     assert gone.returncode == 1 and "no volume scratch" in gone.stderr
+
+
+def test_kill_and_restart(lab: Path, run_nova, nova_home: Path, tmp_path: Path) -> None:
+    run_nova("up", cwd=lab, check=True)
+    killed = run_nova("kill", "container", "web", cwd=tmp_path)
+    assert killed.returncode == 0 and "container.web: stopped" in killed.stdout
+    restarted = run_nova("restart", "container", "web", cwd=tmp_path)
+    assert restarted.returncode == 0 and "container.web: running" in restarted.stdout
+    log = fake_state(nova_home)["lab/container/web"]["log"]
+    assert log[-3:] == ["stopped", "stopped", "started"]
+    assert recorded(nova_home)["container.web"] == "running"

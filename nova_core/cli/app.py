@@ -442,6 +442,38 @@ def stop(app: App, kind: str, name: str, file: str | None, project: str | None,
     click.echo(f"{kind}.{name}: {status.state.value}")
 
 
+@cli.command()
+@instance_options
+@pass_app
+def kill(app: App, kind: str, name: str, file: str | None, project: str | None) -> None:
+    """Stop an instance at once (no grace period)."""
+    from nova_core.drivers.models import ResourceKind
+
+    project = resolve_project(app, kind, name, file, project)
+    with app.lock(project):
+        spec, driver = app.engine.instance(project, ResourceKind(kind), name)
+        status = app.engine.stop_instance(spec, driver, timeout=0)
+    click.echo(f"{kind}.{name}: {status.state.value}")
+
+
+@cli.command()
+@instance_options
+@click.option("-t", "--timeout", type=float, default=None,
+              help="Seconds before the stop is forced (default: the instance's stop_timeout).")
+@pass_app
+def restart(app: App, kind: str, name: str, file: str | None, project: str | None,
+            timeout: float | None) -> None:
+    """Stop an instance (gracefully) and start it again."""
+    from nova_core.drivers.models import ResourceKind
+
+    project = resolve_project(app, kind, name, file, project)
+    with app.lock(project):
+        spec, driver = app.engine.instance(project, ResourceKind(kind), name)
+        app.engine.stop_instance(spec, driver, timeout)
+        status = app.engine.start_instance(spec, driver)
+    click.echo(f"{kind}.{name}: {status.state.value}")
+
+
 class SnapshotGroup(click.Group):
     """``nova snapshot vm|container NAME`` takes one; ``ls``, ``restore``, ``rm`` manage them."""
 

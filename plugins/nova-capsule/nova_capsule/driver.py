@@ -257,7 +257,11 @@ class CapsuleDriver(ComputeDriver):
         runtime = self._runtime(spec)
         if meta is None or not self._running(runtime, meta.id):
             raise NovaError(f"{spec.ref.key} is not running", hint=f"nova run container {spec.ref.name}")
-        return runtime.argv("exec", "--no-new-privs", *(["--tty"] if tty else []), meta.id,
+        process = json.loads((files.root / "config.json").read_text())["process"]
+        user = process.get("user", {})
+        return runtime.argv("exec", "--no-new-privs", *(["--tty"] if tty else []),
+                            f"--cwd={process.get('cwd', '/')}",
+                            f"--user={user.get('uid', 0)}:{user.get('gid', 0)}", meta.id,
                             *command)
 
     def check_health(self, spec: InstanceSpec) -> bool | None:

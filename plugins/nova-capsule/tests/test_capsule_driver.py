@@ -288,3 +288,49 @@ def test_image_rm_keeps_layers_capsules_use(driver: CapsuleDriver, running: Cont
     assert image_store(capsule_home).layer_path(record.layers[0]).is_dir()
     assert driver.stop(running, 3).state.value == "stopped"
     assert driver.start(running).state.value == "running"  # still startable
+
+
+def test_runc_runs_capsules_too(driver: CapsuleDriver, tmp_path: Path) -> None:
+    from nova_capsule.driver import CapsuleOptions
+
+    spec = container(tmp_path, name="r1", options=CapsuleOptions(runtime="runc"))
+    driver.create(spec)
+    try:
+        assert driver.start(spec).state.value == "running"
+        assert driver.files(spec).read().runtime == "runc"
+        assert exec_out(driver, spec, "cat /proc/self/uid_map").stdout.split()[0] == "0"
+        assert driver.stop(spec, 3).state.value == "stopped"
+    finally:
+        driver.delete(spec)
+
+
+@pytest.mark.parametrize("running", [{"cpu": 0.5, "hostname": "box1", "workdir": "/tmp",
+                                      "uid": 65534, "gid": 65534}], indirect=True)
+def test_seed_fields_cpu_quota_and_private_network(driver: CapsuleDriver,
+                                                   running: ContainerSpec) -> None:
+    done = exec_out(driver, running, "hostname; pwd; ip -o link | cut -d: -f2")
+    assert done.stdout.split() == ["box1", "/tmp", "lo"]  # only loopback until a network attaches
+    status = Path(f"/proc/{driver.status(running).data['pid']}/status").read_text()
+    uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+    base = driver.files(running).read().uid_base
+    assert uid_line.split()[1] == str(base + 65534)  # uid 65534 inside, inside the range outside
+    quota = [d for d in cgroup_dirs(capsule_id("capt", "c1"))
+             if (d / "cpu.cfs_quota_us").exists() or (d / "cpu.max").exists()]
+    text = (quota[0] / "cpu.cfs_quota_us").read_text().strip() if \
+        (quota[0] / "cpu.cfs_quota_us").exists() else (quota[0] / "cpu.max").read_text().split()[0]
+    assert text == "50000"
+
+
+def test_exec_with_a_terminal(driver: CapsuleDriver, running: ContainerSpec) -> None:
+    """`nova exec -it` gives the command a terminal (script(1) plays the user's terminal)."""
+    import shlex
+    import shutil
+
+    script = shutil.which("script")
+    assert script, "util-linux script is needed"
+    argv = shlex.join(driver.exec_argv(running, ["sh", "-c", "tty; test -t 0 && echo is-a-tty"],
+                                       tty=True))
+    done = subprocess.run([script, "-qec", argv, "/dev/null"], capture_output=True, text=True,
+                          timeout=30, stdin=subprocess.DEVNULL)
+    lines = done.stdout.replace("\r", "").split("\n")
+    assert "/dev/pts/" in lines[0] and "is-a-tty" in lines
