@@ -66,7 +66,8 @@ class RegistryClient:
         if accept:
             request.add_header("Accept", accept)
         if self._authorization:
-            request.add_header("Authorization", self._authorization)
+            # not copied onto redirects: blob downloads are often redirected to other hosts
+            request.add_unredirected_header("Authorization", self._authorization)
         try:
             return urllib.request.urlopen(request, timeout=self.timeout)  # noqa: S310
         except urllib.error.HTTPError as error:
@@ -100,7 +101,7 @@ class RegistryClient:
         request = urllib.request.Request(f"{fields['realm']}?{urllib.parse.urlencode(query)}")
         if user:
             basic = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
-            request.add_header("Authorization", f"Basic {basic}")
+            request.add_unredirected_header("Authorization", f"Basic {basic}")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
                 answer = json.loads(response.read())

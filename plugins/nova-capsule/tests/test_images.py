@@ -264,3 +264,73 @@ def test_bearer_and_basic_auth_protocols(tmp_path: Path) -> None:
         server.shutdown()
     assert record.layers and store.layer_path(record.layers[0]).is_dir()
     assert seen and "service=test" in seen[-1] and "scope=repository%3Aauth%2Fimage%3Apull" in seen[-1]
+
+
+def test_credentials_do_not_follow_redirects(tmp_path: Path) -> None:
+    """Blob downloads redirected to another host (as registries do to object storage) must not
+    carry the registry's token. Two servers on 127.0.0.1 play registry and storage."""
+    import http.server
+    import threading
+
+    from nova_capsule.registry import Credentials
+
+    layer = busybox_layer()
+    config = image_config(["/bin/sh"], layers=[layer])
+    blobs = {"sha256:" + hashlib.sha256(b).hexdigest(): b for b in (layer, config)}
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"digest": "sha256:" + hashlib.sha256(config).hexdigest(), "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": "sha256:" + hashlib.sha256(layer).hexdigest(),
+                    "size": len(layer)}]}).encode()
+    storage_saw: list[str | None] = []
+
+    class Storage(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            storage_saw.append(self.headers.get("Authorization"))
+            body = blobs[self.path.rsplit("/", 1)[1]]
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    storage = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Storage)
+
+    class Registry(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            if self.headers.get("Authorization") != "Bearer secret-token":
+                self.send_response(403)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            if "/manifests/" in self.path:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+                self.send_header("Content-Length", str(len(manifest)))
+                self.end_headers()
+                self.wfile.write(manifest)
+                return
+            self.send_response(307)
+            self.send_header("Location", f"http://127.0.0.1:{storage.server_address[1]}"
+                                         f"/bucket/{self.path.rsplit('/', 1)[1]}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    registry = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Registry)
+    for server in (storage, registry):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        ref = parse_reference(f"127.0.0.1:{registry.server_address[1]}/redirect/image:1")
+        record = ImageStore(tmp_path / "images").pull(
+            ref, RegistryClient(ref, Credentials(token="secret-token")))
+    finally:
+        registry.shutdown()
+        storage.shutdown()
+    assert record.layers
+    assert storage_saw and all(header is None for header in storage_saw)
