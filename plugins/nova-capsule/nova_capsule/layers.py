@@ -83,7 +83,7 @@ def extract_layer(blob: Path, target: Path, name: str = "") -> None:
             for member in archive:
                 _extract_member(archive, member, partial, layer, directories)
         for path, member in reversed(directories):
-            _apply_metadata(path, member)
+            _apply_directory_metadata(partial, path, member)
         os.rename(partial, target)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
@@ -103,7 +103,10 @@ def _extract_member(archive: tarfile.TarFile, member: tarfile.TarInfo, root: Pat
         os.setxattr(parent, "trusted.overlay.opaque", b"y")
         return
     if base.startswith(WHITEOUT_PREFIX):
-        hidden = parent / base[len(WHITEOUT_PREFIX):]
+        name = base[len(WHITEOUT_PREFIX):]
+        if name in ("", ".", "..") or name.startswith(WHITEOUT_PREFIX):
+            raise LayerError(f"layer {layer} has an invalid whiteout {member.name!r}")
+        hidden = parent / name
         _remove(hidden)
         os.mknod(hidden, stat.S_IFCHR | 0o000, os.makedev(0, 0))
         return
@@ -124,10 +127,16 @@ def _extract_member(archive: tarfile.TarFile, member: tarfile.TarInfo, root: Pat
         os.symlink(member.linkname, path)
     elif member.islnk():
         link_parts = _clean_name(member.linkname, layer)
+        if not link_parts:
+            raise LayerError(f"layer {layer}: hard link {member.name!r} has no target")
         source_path = _safe_dir(root, link_parts[:-1], layer) / link_parts[-1]
-        if not os.path.lexists(source_path):
+        try:
+            info = os.lstat(source_path)
+        except FileNotFoundError:
             raise LayerError(f"layer {layer}: hard link {member.name!r} points at "
-                             f"{member.linkname!r}, which the layer does not have")
+                             f"{member.linkname!r}, which the layer does not have") from None
+        if stat.S_ISDIR(info.st_mode):
+            raise LayerError(f"layer {layer}: hard link {member.name!r} points at a folder")
         os.link(source_path, path, follow_symlinks=False)
         return
     elif member.ischr() or member.isblk():
@@ -141,15 +150,42 @@ def _extract_member(archive: tarfile.TarFile, member: tarfile.TarInfo, root: Pat
     _apply_metadata(path, member)
 
 
-def _apply_metadata(path: Path, member: tarfile.TarInfo) -> None:
-    os.lchown(path, member.uid, member.gid)
-    if not member.issym():
-        os.chmod(path, member.mode & 0o7777)
+def _apply_directory_metadata(root: Path, path: Path, member: tarfile.TarInfo) -> None:
+    """Set a folder's metadata at the end, unless a later member replaced it (or a parent)
+    with something else: never through a symbolic link."""
+    current = root
+    for part in path.relative_to(root).parts:
+        current = current / part
+        try:
+            info = os.lstat(current)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISDIR(info.st_mode):
+            return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        os.fchown(fd, member.uid, member.gid)
+        os.fchmod(fd, member.mode & 0o7777)
+        _set_xattrs(path, member)
+        os.utime(fd, (member.mtime, member.mtime))
+    finally:
+        os.close(fd)
+
+
+def _set_xattrs(path: Path, member: tarfile.TarInfo) -> None:
     for key, value in member.pax_headers.items():
         if key.startswith("SCHILY.xattr."):
             try:
-                os.setxattr(path, key[len("SCHILY.xattr."):], value.encode("utf-8", "surrogateescape"),
-                            follow_symlinks=False)
+                os.setxattr(path, key[len("SCHILY.xattr."):],
+                            value.encode("utf-8", "surrogateescape"), follow_symlinks=False)
             except OSError:
                 pass  # an attribute this filesystem does not take (e.g. security.* labels)
+
+
+def _apply_metadata(path: Path, member: tarfile.TarInfo) -> None:
+    """Metadata of a member just made at ``path`` (its parents were checked: no symlinks)."""
+    os.lchown(path, member.uid, member.gid)
+    if not member.issym():
+        os.chmod(path, member.mode & 0o7777, follow_symlinks=False)
+    _set_xattrs(path, member)
     os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)

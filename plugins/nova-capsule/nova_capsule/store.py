@@ -18,6 +18,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -69,10 +70,14 @@ class ImageConfig:
     user: str
 
 
+_HEX64 = re.compile(r"[a-f0-9]{64}")
+
+
 def _hex(digest: str) -> str:
-    algorithm, _, value = digest.partition(":")
-    if algorithm != "sha256" or len(value) != 64:
-        raise NovaError(f"unsupported digest {digest!r} (only sha256 is)")
+    """The hex part of a sha256 digest; anything else (it names files) is refused."""
+    algorithm, _, value = str(digest).partition(":")
+    if algorithm != "sha256" or not _HEX64.fullmatch(value):
+        raise NovaError(f"invalid or unsupported digest {str(digest)[:80]!r} (only sha256 is)")
     return value
 
 
@@ -141,8 +146,8 @@ class ImageStore:
         if media_type not in MANIFEST_TYPES:
             raise NovaError(f"{ref}: unsupported manifest type {media_type!r}",
                             hint="Nova reads OCI and Docker schema 2 images")
-        manifest = json.loads(body)
-        layers = manifest.get("layers") or []
+        manifest = _checked_manifest(body, str(ref))
+        layers = manifest["layers"]
         for layer in layers:
             if layer.get("mediaType") not in LAYER_TYPES:
                 raise NovaError(f"{ref}: layer type {layer.get('mediaType')!r} is not supported",
@@ -251,36 +256,53 @@ class ImageStore:
         self.root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="nova-oci-", dir=self.root) as tmp:
             folder = Path(tmp)
+            wanted = {"oci-layout", "index.json"}
             with tarfile.open(source, "r:*") as archive:
                 for member in archive:
                     parts = [p for p in Path(member.name).parts if p not in (".", "/")]
-                    if ".." in parts or not (member.isreg() or member.isdir()):
+                    if not member.isreg() or not parts or ".." in parts:
                         continue
-                    archive.extract(member, folder, set_attrs=False)
-            index = json.loads((folder / "index.json").read_text())
-            blobs = folder / "blobs" / "sha256"
-            entry = index["manifests"][0]
+                    relative = "/".join(parts)
+                    if relative not in wanted and not (
+                            len(parts) == 3 and parts[:2] == ["blobs", "sha256"]
+                            and _HEX64.fullmatch(parts[2])):
+                        continue  # only the layout's own files, under names we checked
+                    target = folder.joinpath(*parts)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    handle = archive.extractfile(member)
+                    assert handle is not None
+                    with handle, open(target, "wb") as out:
+                        shutil.copyfileobj(handle, out, 1 << 20)
+            try:
+                return self._import_oci_layout(folder, source, name)
+            except (KeyError, IndexError, TypeError, ValueError, OSError) as error:
+                raise NovaError(f"{source} is not a usable OCI archive ({type(error).__name__}: "
+                                f"{error})", hint="export it with skopeo copy ... oci-archive:FILE "
+                                "or podman save --format oci-archive") from error
+
+    def _import_oci_layout(self, folder: Path, source: Path, name: str) -> ImageRecord:
+        index = json.loads((folder / "index.json").read_text())
+        blobs = folder / "blobs" / "sha256"
+        entry = index["manifests"][0]
+        body = (blobs / _hex(entry["digest"])).read_bytes()
+        if entry.get("mediaType") in INDEX_TYPES or json.loads(body).get("manifests"):
+            entry = {"digest": _choose_platform(json.loads(body), str(source))}
             body = (blobs / _hex(entry["digest"])).read_bytes()
-            if entry.get("mediaType") in INDEX_TYPES or json.loads(body).get("manifests"):
-                entry = {"digest": _choose_platform(json.loads(body), str(source))}
-                body = (blobs / _hex(entry["digest"])).read_bytes()
-            manifest = json.loads(body)
-            self.blobs.mkdir(parents=True, exist_ok=True)
-            self.layers.mkdir(parents=True, exist_ok=True)
-            self._write_blob(entry["digest"], body)
-            wanted = [manifest["config"]["digest"]] + [la["digest"] for la in manifest["layers"]]
-            for digest in wanted:
-                stored, _ = self._store_file(blobs / _hex(digest))
-                if stored != digest:
-                    raise NovaError(f"{source}: blob {digest} has digest {stored}: archive damaged")
-            for layer in manifest["layers"]:
-                if not self.layer_path(layer["digest"]).exists():
-                    extract_layer(self.blob_path(layer["digest"]),
-                                  self.layer_path(layer["digest"]))
-            record = ImageRecord(name=name, digest=entry["digest"],
-                                 config_digest=manifest["config"]["digest"],
-                                 layers=[la["digest"] for la in manifest["layers"]],
-                                 size=sum(int(la.get("size", 0)) for la in manifest["layers"]))
+        manifest = _checked_manifest(body, str(source))
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        self.layers.mkdir(parents=True, exist_ok=True)
+        self._write_blob(entry["digest"], body)
+        for digest in [manifest["config"]["digest"]] + [la["digest"] for la in manifest["layers"]]:
+            stored, _ = self._store_file(blobs / _hex(digest))
+            if stored != digest:
+                raise NovaError(f"{source}: blob {digest} has digest {stored}: archive damaged")
+        for layer in manifest["layers"]:
+            if not self.layer_path(layer["digest"]).exists():
+                extract_layer(self.blob_path(layer["digest"]), self.layer_path(layer["digest"]))
+        record = ImageRecord(name=name, digest=entry["digest"],
+                             config_digest=manifest["config"]["digest"],
+                             layers=[la["digest"] for la in manifest["layers"]],
+                             size=sum(int(la.get("size", 0)) for la in manifest["layers"]))
         with self._locked() as data:
             data["images"][name] = record.as_json()
         return record
@@ -325,3 +347,22 @@ def _choose_platform(index: dict[str, Any], what: str, os_name: str = "linux",
             return entry["digest"]
     raise NovaError(f"{what} has no {os_name}/{architecture} image "
                     f"(it has: {', '.join(found) or 'none'})")
+
+
+def _checked_manifest(body: bytes, what: str) -> dict[str, Any]:
+    """Parse an image manifest and check the fields Nova uses (digests become file names)."""
+    try:
+        manifest = json.loads(body)
+        config = manifest["config"]["digest"]
+        layers = manifest.get("layers") or []
+        _hex(config)
+        for layer in layers:
+            _hex(layer["digest"])
+            int(layer.get("size", 0))
+    except (ValueError, KeyError, TypeError) as error:
+        raise NovaError(f"{what}: the image manifest is malformed ({type(error).__name__}: "
+                        f"{error})") from error
+    except NovaError as error:
+        raise NovaError(f"{what}: {error.message}") from error
+    manifest["layers"] = layers
+    return manifest

@@ -334,3 +334,73 @@ def test_credentials_do_not_follow_redirects(tmp_path: Path) -> None:
         storage.shutdown()
     assert record.layers
     assert storage_saw and all(header is None for header in storage_saw)
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE, mode: int = 0o644, link: str = "",
+            uid: int = 0) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.linkname, info.uid = kind, mode, link, uid
+    return info
+
+
+def test_directory_metadata_never_follows_a_later_symlink(tmp_path: Path) -> None:
+    host_file = tmp_path / "host-file"
+    host_file.write_text("x")
+    host_file.chmod(0o644)
+    host_dir = tmp_path / "host-dir"
+    (host_dir / "v").mkdir(parents=True)
+    before = [(p.stat().st_mode, p.stat().st_uid) for p in (host_file, host_dir / "v")]
+    blob = tmp_path / "evil.tar"
+    blob.write_bytes(_tar([
+        _member("x", tarfile.DIRTYPE, 0o4777),
+        _member("x", tarfile.SYMTYPE, 0o777, str(host_file)),
+        _member("a", tarfile.DIRTYPE, 0o755),
+        _member("a/v", tarfile.DIRTYPE, 0o777, uid=1234),
+        _member("a", tarfile.SYMTYPE, 0o777, str(host_dir)),
+    ]))
+    extract_layer(blob, tmp_path / "out")
+    after = [(p.stat().st_mode, p.stat().st_uid) for p in (host_file, host_dir / "v")]
+    assert after == before
+    assert os.readlink(tmp_path / "out" / "x") == str(host_file)
+
+
+def test_bad_whiteouts_and_links_are_refused(tmp_path: Path) -> None:
+    sibling = tmp_path / "sibling"
+    sibling.mkdir()
+    cases = {
+        "dots": [_member(".wh...")],
+        "nested": [_member("d", tarfile.DIRTYPE), _member("d/.wh...")],
+        "link-to-root": [_member("l", tarfile.LNKTYPE, link=".")],
+        "link-to-dir": [_member("d", tarfile.DIRTYPE), _member("l", tarfile.LNKTYPE, link="d")],
+    }
+    for name, members in cases.items():
+        blob = tmp_path / f"{name}.tar"
+        blob.write_bytes(_tar(members, {m.name: b"" for m in members if m.isreg()}))
+        with pytest.raises(LayerError):
+            extract_layer(blob, tmp_path / "layers" / name)
+        assert not (tmp_path / "layers" / name).exists()
+    assert sibling.is_dir()
+
+
+@pytest.mark.parametrize("digest", ["sha256:" + "../" * 7 + "Q" * 43, "sha256:" + "A" * 64,
+                                    "md5:" + "a" * 64, "sha256:" + "a" * 63])
+def test_digests_that_are_not_hex_are_refused(tmp_path: Path, digest: str) -> None:
+    store = ImageStore(tmp_path / "images")
+    with pytest.raises(NovaError, match="invalid or unsupported digest"):
+        store.blob_path(digest)
+
+
+def test_oci_import_writes_nothing_outside_the_store(tmp_path: Path) -> None:
+    outside = tmp_path / "ABS_WRITTEN"
+    archive = tmp_path / "evil.oci.tar"
+    with tarfile.open(archive, "w") as tar:
+        for name, data in (("oci-layout", b"{}"), (str(outside), b"pwned"),
+                           ("../escape", b"x"), ("index.json", b"{}")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    store = ImageStore(tmp_path / "images")
+    with pytest.raises(NovaError, match="is not a usable OCI archive"):
+        store.import_archive(archive, "evil:1")
+    assert not outside.exists() and not (tmp_path / "escape").exists()
+    assert store.images() == []
