@@ -11,11 +11,19 @@ NOVA_HOME/drivers/capsule/capsules/<project>/<name>/
   snapshots/<s>/ copies of upper/
 /run/nova-<hash>/capsules/<id>/
   rootfs/        the overlay (mounted at start)
-  binds/<i>      each volume, idmapped to the capsule's range
+  binds/<i>      each volume, bound nosuid,nodev
 ```
 
 The mount points the runtime opens from inside the capsule's user namespace
-live under /run, which that namespace can traverse; NOVA_HOME stays 0700.
+live under /run, in a folder owned by the capsule's id range with mode 0700:
+the capsule can traverse it, other host users cannot; NOVA_HOME stays 0700.
+
+Image layers are idmapped (host root's files appear as the capsule's root).
+Volumes are *not*: what capsule root writes there belongs to its unprivileged
+host uid, so a capsule can never leave a file owned by host root (a setuid
+binary, say) on the host. Nova hands a named volume's folder to the capsule's
+range when it is still root's; host folders bound in must be writable by that
+uid for the capsule to write there (as with podman's user namespaces).
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ class CapsuleMeta:
     runtime: str = "crun"
     restarts: int = 0
     binds: list[dict[str, object]] = field(default_factory=list)
+    config_digest: str = ""
 
 
 class CapsuleFiles:
@@ -102,16 +111,22 @@ class CapsuleFiles:
                 target.mkdir(parents=True, exist_ok=True)
                 idmap.idmapped_bind(layer, target, fd)
                 lowers.append(target)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            os.chown(self.run_dir, meta.uid_base, meta.uid_base)
+            os.chmod(self.run_dir, 0o700)
             for index, bind in enumerate(meta.binds):
                 source = Path(str(bind["source"]))
+                if not source.exists():
+                    raise NovaError(f"the mount source {source} does not exist any more",
+                                    hint="create it again, or change volumes")
                 target = self.binds / str(index)
-                self.binds.mkdir(parents=True, exist_ok=True)
+                self.binds.mkdir(exist_ok=True)
                 if source.is_dir():
                     target.mkdir(exist_ok=True)
                 elif not target.exists():
                     target.touch()
-                idmap.idmapped_bind(source, target, fd)
-            self.rootfs.mkdir(parents=True, exist_ok=True)
+                idmap.bind_mount(source, target, bool(bind.get("read_only")))
+            self.rootfs.mkdir(exist_ok=True)
             idmap.mount_overlay(list(reversed(lowers)), self.upper, self.work, self.rootfs)
         except BaseException:
             self.unmount()
@@ -128,12 +143,16 @@ class CapsuleFiles:
                     idmap.unmount(entry)
 
     def remove(self) -> None:
-        """Unmount and delete the folder."""
+        """Unmount and delete the folders (and the project's folder once empty)."""
         self.unmount()
-        if any(idmap.is_mounted(p) for p in (self.rootfs,)):
+        if idmap.is_mounted(self.rootfs):
             raise NovaError(f"{self.rootfs} is still mounted; not removing the capsule's files")
         shutil.rmtree(self.root, ignore_errors=True)
         shutil.rmtree(self.run_dir, ignore_errors=True)
+        try:
+            self.root.parent.rmdir()  # the project's folder, if this was its last capsule
+        except OSError:
+            pass
 
 
 class UidAllocator:
@@ -172,8 +191,15 @@ class UidAllocator:
 
 
 def capsule_id(project: str, name: str) -> str:
-    """The runtime's container id."""
-    return f"nova-{project}-{name}"
+    """The runtime's container id: readable, and unique per (project, name).
+
+    Names may contain '-', so ``nova-a-b-c`` alone could be project ``a``'s ``b-c``
+    or ``a-b``'s ``c``; a short hash of both parts tells them apart.
+    """
+    import hashlib
+
+    digest = hashlib.sha256(f"{project}\0{name}".encode()).hexdigest()[:8]
+    return f"nova-{name[:40]}-{digest}"
 
 
 def capsule_files(nova_home: Path, project: str, name: str) -> CapsuleFiles:

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from nova_capsule import bundle as bundlemod
 from nova_capsule.capsules import (
@@ -24,6 +24,9 @@ from nova_capsule.capsules import (
 )
 from nova_capsule.cgroups import cgroup_path, remove_cgroup
 from nova_capsule.runtime import Runtime, find_runtime, launch_with_conmon, run_root
+
+if TYPE_CHECKING:
+    from nova_capsule.store import ImageConfig
 from nova_core.drivers.compute import ComputeDriver
 from nova_core.drivers.models import (
     ContainerSpec,
@@ -90,7 +93,7 @@ class CapsuleDriver(ComputeDriver):
         """The OCI config it would write (image defaults shown once the image is local)."""
         assert isinstance(spec, ContainerSpec)
         record = self._image(spec, pull=False) if spec.image else None
-        argv, env, cwd = self._process(spec, record)
+        argv, env, cwd = self._process(spec, self._image_config(record))
         config = bundlemod.oci_config(
             spec, rootfs="<capsule>/rootfs", argv=argv or ["<image default>"], env=env, cwd=cwd,
             uid=spec.uid or 0, gid=spec.gid or 0, uid_base=0, uid_count=UID_COUNT,
@@ -109,15 +112,19 @@ class CapsuleDriver(ComputeDriver):
             detail.insert(0, RenderedDetail(title="image", body=f"{spec.image} will be pulled"))
         return detail
 
-    def _process(self, spec: ContainerSpec, record) -> tuple[list[str], dict[str, str], str]:  # noqa: ANN001
+    def _image_config(self, record) -> ImageConfig | None:  # noqa: ANN001
+        from nova_capsule.images import image_store
+
+        return image_store(self.context.nova_home).config(record) if record is not None else None
+
+    @staticmethod
+    def _process(spec: ContainerSpec,
+                 image: ImageConfig | None) -> tuple[list[str], dict[str, str], str]:
         env = {"PATH": bundlemod.DEFAULT_PATH.split("=", 1)[1]}
         entrypoint: list[str] = []
         cmd: list[str] = []
         cwd = "/"
-        if record is not None:
-            from nova_capsule.images import image_store
-
-            image = image_store(self.context.nova_home).config(record)
+        if image is not None:
             env.update(image.env)
             entrypoint, cmd, cwd = image.entrypoint, image.cmd, image.workdir
         env.update(spec.env)
@@ -130,7 +137,8 @@ class CapsuleDriver(ComputeDriver):
         for index, mount in enumerate(spec.volumes):
             source = str(binds_dir / str(index)) if binds_dir else (mount.host_path or mount.source)
             mounts.append({"destination": mount.target, "type": "bind", "source": source,
-                           "options": ["rbind", "ro" if mount.read_only else "rw"]})
+                           "options": ["rbind", "nosuid", "nodev",
+                                       "ro" if mount.read_only else "rw"]})
         return mounts
 
     def create(self, spec: InstanceSpec) -> ResourceStatus:
@@ -146,7 +154,7 @@ class CapsuleDriver(ComputeDriver):
                 raise NovaError(f"{spec.ref.key}: the mount source {source} does not exist",
                                 hint="create it, or fix the path in volumes")
             binds.append({"source": str(source), "target": mount.target,
-                          "read_only": mount.read_only})
+                          "read_only": mount.read_only, "type": mount.type})
         for limit, value in (("memory", spec.memory), ("pids", spec.pids)):
             if value is not None and value <= 0:
                 raise NovaError(f"{spec.ref.key}: {limit} must be positive")
@@ -164,9 +172,13 @@ class CapsuleDriver(ComputeDriver):
                 folder.mkdir(exist_ok=True)
                 os.chown(folder, base, base)
             files.exits.mkdir(exist_ok=True)
+            for bind in binds:  # a named volume still owned by root is handed to this capsule
+                source = Path(str(bind["source"]))
+                if bind["type"] == "volume" and source.is_dir() and source.stat().st_uid == 0:
+                    os.chown(source, base, base)
             files.write(CapsuleMeta(id=self._id(spec), image=record.name, layers=record.layers,
                                     uid_base=base, restart=spec.restart, runtime=runtime.name,
-                                    binds=binds))
+                                    binds=binds, config_digest=record.config_digest))
         except BaseException:
             files.remove()
             uids.release(self._id(spec))
@@ -175,10 +187,14 @@ class CapsuleDriver(ComputeDriver):
                               data={"uid_base": str(base), "image": record.name})
 
     def _write_config(self, spec: ContainerSpec, files: CapsuleFiles, meta: CapsuleMeta) -> None:
-        from nova_capsule.images import find_local
+        from nova_capsule.images import find_local, image_store
 
-        record = find_local(self.context.nova_home, meta.image)
-        argv, env, cwd = self._process(spec, record)
+        store = image_store(self.context.nova_home)
+        if meta.config_digest and store.blob_path(meta.config_digest).exists():
+            image = store.config_from_digest(meta.config_digest)  # the image it was made from
+        else:
+            image = self._image_config(find_local(self.context.nova_home, meta.image))
+        argv, env, cwd = self._process(spec, image)
         if not argv:
             raise NovaError(f"{spec.ref.key}: the image has no default command",
                             hint='set command = "..."')
@@ -201,12 +217,15 @@ class CapsuleDriver(ComputeDriver):
         name, _, group = spec.user.partition(":")
         if name.isdigit():
             return int(name), int(group) if group.isdigit() else int(name)
-        passwd = files.rootfs / "etc" / "passwd"
-        for line in passwd.read_text().splitlines() if passwd.exists() else []:
+        for line in _read_in_root(files.rootfs, "etc/passwd", spec.ref.key).splitlines():
             fields = line.split(":")
             if len(fields) > 3 and fields[0] == name:
+                if not (fields[2].isdigit() and fields[3].isdigit()):
+                    raise NovaError(f"{spec.ref.key}: the image's /etc/passwd has a bad line "
+                                    f"for {name!r}", hint="give uid and gid instead of user")
                 return int(fields[2]), int(fields[3])
-        raise NovaError(f"{spec.ref.key}: user {name!r} is not in the image's /etc/passwd")
+        raise NovaError(f"{spec.ref.key}: user {name!r} is not in the image's /etc/passwd",
+                        hint="give uid and gid instead of user")
 
     def _layer_dirs(self, meta: CapsuleMeta) -> list[Path]:
         from nova_capsule.images import image_store
@@ -239,6 +258,7 @@ class CapsuleDriver(ComputeDriver):
                 files.stopping.unlink(missing_ok=True)
                 run_id = os.urandom(8).hex()
                 files.run_id.write_text(run_id)
+                (files.root / "conmon.pid").unlink(missing_ok=True)  # not an earlier run's
                 launch_with_conmon(runtime, meta.id, files.root, files.log, files.exits,
                                    run_root(self.context.nova_home) / "sock",
                                    exit_command=self._exit_command(spec, run_id))
@@ -377,29 +397,32 @@ class CapsuleDriver(ComputeDriver):
 
     def snapshot(self, spec: InstanceSpec, name: str) -> SnapshotInfo:
         """Copy the writable layer (reflink where possible) while the capsule is frozen."""
-        files = self.files(spec)
-        if not files.exists():
-            raise NovaError(f"{spec.ref.key} does not exist")
-        meta = files.read()
-        runtime = self._runtime(spec)
-        target = files.snapshots / name
-        if target.exists():
-            raise NovaError(f"{spec.ref.key} already has a snapshot named {name}")
-        files.snapshots.mkdir(exist_ok=True)
-        frozen = (runtime.state(meta.id) or {}).get("status") == "running"
-        if frozen:
-            runtime.call("pause", meta.id)
-        try:
-            subprocess.run(["cp", "-a", "--reflink=auto", str(files.upper), str(target)],
-                           check=True, capture_output=True)
-        except subprocess.CalledProcessError as error:
-            raise NovaError(f"snapshot of {spec.ref.key} failed: "
-                            f"{error.stderr.decode(errors='replace').strip()}") from error
-        finally:
+        import shutil
+
+        with CapsuleLock(self.context.nova_home, self._id(spec)):
+            files = self.files(spec)
+            if not files.exists():
+                raise NovaError(f"{spec.ref.key} does not exist")
+            meta = files.read()
+            runtime = self._runtime(spec)
+            target = files.snapshots / name
+            if target.exists():
+                raise NovaError(f"{spec.ref.key} already has a snapshot named {name}")
+            files.snapshots.mkdir(exist_ok=True)
+            frozen = (runtime.state(meta.id) or {}).get("status") == "running"
             if frozen:
-                runtime.call("resume", meta.id, check=False)
-        size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file() and not p.is_symlink())
-        return SnapshotInfo(ref=spec.ref, name=name, created_at=datetime.now(UTC), size=size)
+                runtime.call("pause", meta.id)
+            try:
+                _copy_tree(files.upper, target)
+            except BaseException:
+                shutil.rmtree(target, ignore_errors=True)
+                raise
+            finally:
+                if frozen:
+                    runtime.call("resume", meta.id, check=False)
+            size = sum(p.stat().st_size for p in target.rglob("*")
+                       if p.is_file() and not p.is_symlink())
+            return SnapshotInfo(ref=spec.ref, name=name, created_at=datetime.now(UTC), size=size)
 
     def restore_snapshot(self, spec: InstanceSpec, name: str) -> ResourceStatus:
         """Replace the writable layer with a copy of the snapshot; restart if it was running."""
@@ -410,13 +433,16 @@ class CapsuleDriver(ComputeDriver):
             saved = files.snapshots / name
             if not files.exists() or not saved.is_dir():
                 raise NovaError(f"{spec.ref.key} has no snapshot {name}")
-            was_running = self.status(spec).state is Lifecycle.RUNNING
-            if was_running:
-                self.stop(spec, spec.stop_timeout)
+            was_running = self.status(spec).state in (Lifecycle.RUNNING, Lifecycle.PAUSED)
+            if self._running(self._runtime(spec), files.read().id) or was_running:
+                self.stop(spec, spec.stop_timeout)  # never swap layers under a live overlay
             fresh = files.root / "upper.restore"
             shutil.rmtree(fresh, ignore_errors=True)
-            subprocess.run(["cp", "-a", "--reflink=auto", str(saved), str(fresh)], check=True,
-                           capture_output=True)
+            try:
+                _copy_tree(saved, fresh)
+            except BaseException:
+                shutil.rmtree(fresh, ignore_errors=True)
+                raise
             old = files.root / "upper.old"
             os.rename(files.upper, old)
             os.rename(fresh, files.upper)
@@ -469,3 +495,40 @@ def _parse_log_line(line: str) -> LogLine:
     except ValueError:
         timestamp = None
     return LogLine(text=text, stream=stream, timestamp=timestamp)  # type: ignore[arg-type]
+
+
+def _read_in_root(root: Path, relative: str, what: str, limit: int = 1 << 20) -> str:
+    """Read a regular file inside ``root`` without following any symbolic link in its path."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    parts = relative.split("/")
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts[:-1]:
+            next_fd = os.open(part, flags | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = next_fd
+        file_fd = os.open(parts[-1], flags | os.O_NONBLOCK, dir_fd=fd)
+    except OSError as error:
+        raise NovaError(f"{what}: cannot read /{relative} in the capsule ({error.strerror}); "
+                        "it must be a regular file, not a link",
+                        hint="give uid and gid instead of user") from error
+    finally:
+        os.close(fd)
+    try:
+        import stat as stat_module
+
+        if not stat_module.S_ISREG(os.fstat(file_fd).st_mode):
+            raise NovaError(f"{what}: /{relative} in the capsule is not a regular file",
+                            hint="give uid and gid instead of user")
+        return os.read(file_fd, limit).decode(errors="replace")
+    finally:
+        os.close(file_fd)
+
+
+def _copy_tree(source: Path, target: Path) -> None:
+    """``cp -a --reflink=auto`` (blocks are shared where the filesystem can); errors are clear."""
+    done = subprocess.run(["cp", "-a", "--reflink=auto", str(source), str(target)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise NovaError(f"copying {source} failed: {done.stderr.strip() or done.returncode}",
+                        hint="check free space in NOVA_HOME")

@@ -31,47 +31,69 @@ def main(argv: list[str]) -> int:
 
 def _handle(nova_home: Path, project: str, name: str, run_id: str) -> int:
     # light imports only: this runs once per capsule exit
-    from nova_capsule.capsules import CapsuleLock, capsule_id
+    from nova_capsule.capsules import CapsuleLock, capsule_files, capsule_id
+    from nova_capsule.runtime import run_root
 
+    if not run_root(nova_home).is_dir():  # everything was torn down (e.g. after a reboot)
+        return 0
+    files = capsule_files(nova_home, project, name)
+    if not _current(files, run_id):
+        return 0
+    meta = files.read()
+    code = files.exit_code(meta.id)
+    restart = (meta.restart in ("always", "unless-stopped") or
+               (meta.restart == "on-failure" and code not in (0, None)))
+    if restart:  # wait outside the lock, so that a stop meanwhile is not held up
+        time.sleep(min(0.1 * 2 ** min(meta.restarts + 1, 10), RESTART_BACKOFF_MAX))
     with CapsuleLock(nova_home, capsule_id(project, name), create=False):
-        return _after_exit(nova_home, project, name, run_id)
+        if not _current(files, run_id):  # stopped, restarted or removed meanwhile
+            return 0
+        return _after_exit(nova_home, project, name, restart, code)
 
 
-def _after_exit(nova_home: Path, project: str, name: str, run_id: str) -> int:
+def _current(files, run_id: str) -> bool:  # noqa: ANN001
+    """True while this hook's run is the capsule's current one and Nova did not stop it."""
+    try:
+        return (files.exists() and not files.stopping.exists() and
+                files.run_id.read_text() == run_id)
+    except OSError:
+        return False
+
+
+def _after_exit(nova_home: Path, project: str, name: str, restart: bool, code: int | None) -> int:
     from nova_capsule.capsules import capsule_files
     from nova_capsule.cgroups import remove_cgroup
     from nova_capsule.runtime import find_runtime, launch_with_conmon, run_root
 
     files = capsule_files(nova_home, project, name)
-    if not files.exists() or not files.run_id.exists() or files.run_id.read_text() != run_id:
-        return 0
     meta = files.read()
     runtime = find_runtime(meta.runtime, nova_home)
-    code = files.exit_code(meta.id)
-    stopped_by_nova = files.stopping.exists()
-    wanted = (meta.restart in ("always", "unless-stopped") or
-              (meta.restart == "on-failure" and code not in (0, None)))
-    if wanted and not stopped_by_nova:
+    if restart:
         meta.restarts += 1
         files.write(meta)
-        time.sleep(min(0.1 * 2 ** min(meta.restarts, 10), RESTART_BACKOFF_MAX))
-        if files.stopping.exists():  # stopped while we waited
-            return 0
         runtime.call("delete", "--force", meta.id, check=False)
         new_run = os.urandom(8).hex()
         files.run_id.write_text(new_run)
-        launch_with_conmon(runtime, meta.id, files.root, files.log, files.exits,
-                           run_root(nova_home) / "sock",
-                           exit_command=[sys.executable, "-m", "nova_capsule.exit_hook",
-                                         str(nova_home), project, name, new_run])
-        runtime.call("start", meta.id)
+        (files.root / "conmon.pid").unlink(missing_ok=True)
+        try:
+            launch_with_conmon(runtime, meta.id, files.root, files.log, files.exits,
+                               run_root(nova_home) / "sock",
+                               exit_command=[sys.executable, "-m", "nova_capsule.exit_hook",
+                                             str(nova_home), project, name, new_run])
+            runtime.call("start", meta.id)
+        except Exception as error:  # noqa: BLE001 - recorded for the user, then cleaned up
+            files.run_id.unlink(missing_ok=True)
+            runtime.call("delete", "--force", meta.id, check=False)
+            files.unmount()
+            remove_cgroup(meta.id)
+            _record(nova_home, project, name, "stopped", f"restart {meta.restarts} failed: {error}")
+            return 0
         _record(nova_home, project, name, "running", f"restarted ({meta.restarts})")
         return 0
-    if not stopped_by_nova:
-        runtime.call("delete", "--force", meta.id, check=False)
-        files.unmount()
-        remove_cgroup(meta.id)
-        _record(nova_home, project, name, "stopped", f"exited with code {code}")
+    runtime.call("delete", "--force", meta.id, check=False)
+    files.unmount()
+    remove_cgroup(meta.id)
+    _record(nova_home, project, name, "stopped", f"exited with code {code}")
     return 0
 
 

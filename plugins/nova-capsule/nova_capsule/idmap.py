@@ -34,10 +34,15 @@ class _MountAttr(ctypes.Structure):
                 ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
 
 
-def _error(what: str) -> NovaError:
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC = 1, 2, 4, 32, 4096, 16384
+
+
+def _error(what: str, hint: str | None = None) -> NovaError:
     number = ctypes.get_errno()
-    return NovaError(f"{what}: {os.strerror(number)}",
-                     hint="capsules need Linux 5.12+ with idmapped mounts on this filesystem")
+    return NovaError(f"{what}: {os.strerror(number)}", hint=hint)
+
+
+IDMAP_HINT = "capsules need Linux 5.12+ with idmapped mounts on this filesystem"
 
 
 def user_namespace_fd(host_base: int, count: int) -> int:
@@ -72,12 +77,12 @@ def idmapped_bind(source: Path, target: Path, userns_fd: int) -> None:
     tree = _libc.syscall(SYS_OPEN_TREE, AT_FDCWD, os.fsencode(source),
                          OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC)
     if tree < 0:
-        raise _error(f"open_tree {source}")
+        raise _error(f"open_tree {source}", IDMAP_HINT)
     try:
         attr = _MountAttr(MOUNT_ATTR_IDMAP, 0, 0, userns_fd)
         if _libc.syscall(SYS_MOUNT_SETATTR, tree, b"", AT_EMPTY_PATH, ctypes.byref(attr),
                          ctypes.sizeof(attr)) != 0:
-            raise _error(f"idmapping {source}")
+            raise _error(f"idmapping {source}", IDMAP_HINT)
         if _libc.syscall(SYS_MOVE_MOUNT, tree, b"", AT_FDCWD, os.fsencode(target),
                          MOVE_MOUNT_F_EMPTY_PATH) != 0:
             raise _error(f"mounting {source} at {target}")
@@ -86,10 +91,22 @@ def idmapped_bind(source: Path, target: Path, userns_fd: int) -> None:
 
 
 def mount_overlay(lowers: list[Path], upper: Path, work: Path, target: Path) -> None:
-    """Mount overlayfs at ``target``; ``lowers`` top-most first."""
+    """Mount overlayfs at ``target`` (nodev); ``lowers`` top-most first."""
     options = f"lowerdir={':'.join(map(str, lowers))},upperdir={upper},workdir={work}"
-    if _libc.mount(b"overlay", os.fsencode(target), b"overlay", 0, options.encode()) != 0:
+    if _libc.mount(b"overlay", os.fsencode(target), b"overlay", MS_NODEV,
+                   options.encode()) != 0:
         raise _error(f"mounting the overlay at {target}")
+
+
+def bind_mount(source: Path, target: Path, read_only: bool) -> None:
+    """A plain recursive bind, then made nosuid and nodev (and read-only if asked)."""
+    if _libc.mount(os.fsencode(source), os.fsencode(target), None, MS_BIND | MS_REC, None) != 0:
+        raise _error(f"binding {source} at {target}", "check that the path exists")
+    flags = MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | (MS_RDONLY if read_only else 0)
+    if _libc.mount(None, os.fsencode(target), None, flags, None) != 0:
+        error = _error(f"making {target} nosuid")
+        unmount(target)
+        raise error
 
 
 def unmount(target: Path) -> None:

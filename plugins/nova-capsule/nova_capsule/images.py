@@ -56,14 +56,17 @@ def pull(nova_home: Path, text: str, credentials: Credentials | None = None,
 
 
 def layers_in_use(nova_home: Path) -> set[str]:
-    """Layer digests that existing capsules are built on (never removed with an image)."""
+    """Layer and config digests existing capsules are built on (never removed with an image)."""
     import json
 
     used: set[str] = set()
     capsules = nova_home / "drivers" / "capsule" / "capsules"
     for meta in capsules.glob("*/*/capsule.json"):
         try:
-            used.update(json.loads(meta.read_text()).get("layers", []))
+            data = json.loads(meta.read_text())
+            used.update(data.get("layers", []))
+            if data.get("config_digest"):
+                used.add(data["config_digest"])
         except (OSError, ValueError):
             continue
     return used

@@ -125,7 +125,11 @@ class ImageStore:
 
     def config(self, image: ImageRecord) -> ImageConfig:
         """The runtime parts of the image's config."""
-        data = json.loads(self.blob_path(image.config_digest).read_text())
+        return self.config_from_digest(image.config_digest)
+
+    def config_from_digest(self, digest: str) -> ImageConfig:
+        """The runtime parts of the config blob ``digest``."""
+        data = json.loads(self.blob_path(digest).read_text())
         conf = data.get("config") or {}
         env = {}
         for item in conf.get("Env") or []:

@@ -123,6 +123,7 @@ def test_capabilities_no_new_privileges_and_seccomp(driver: CapsuleDriver, runni
 def test_cannot_write_host_files_outside_volumes(driver: CapsuleDriver, tmp_path: Path) -> None:
     shared = tmp_path / "shared"
     shared.mkdir()
+    shared.chmod(0o777)  # volumes are not idmapped: the capsule writes as its own host uid
     readonly = tmp_path / "readonly"
     readonly.mkdir()
     (readonly / "keep").write_text("original")
@@ -137,7 +138,8 @@ def test_cannot_write_host_files_outside_volumes(driver: CapsuleDriver, tmp_path
                                       "echo y > /proc/sys/kernel/hostname; echo z > /sys/kernel/x")
         assert done.returncode != 0
         assert (shared / "out").read_text() == "hi\n"
-        assert (shared / "out").stat().st_uid == 0  # root inside writes as the owner outside
+        # root inside writes as its unprivileged host uid, never as host root
+        assert (shared / "out").stat().st_uid == driver.files(spec).read().uid_base
         assert (readonly / "keep").read_text() == "original"
     finally:
         driver.delete(spec)
@@ -334,3 +336,101 @@ def test_exec_with_a_terminal(driver: CapsuleDriver, running: ContainerSpec) -> 
                           timeout=30, stdin=subprocess.DEVNULL)
     lines = done.stdout.replace("\r", "").split("\n")
     assert "/dev/pts/" in lines[0] and "is-a-tty" in lines
+
+
+def test_capsule_root_cannot_leave_host_root_files(driver: CapsuleDriver, tmp_path: Path) -> None:
+    from nova_core.novafile.values import parse_volume
+
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    vol.chmod(0o777)
+    spec = container(tmp_path, name="suid", volumes=[parse_volume(f"{vol}:/vol", tmp_path)])
+    driver.create(spec)
+    try:
+        driver.start(spec)
+        done = exec_out(driver, spec, "cp /bin/busybox /vol/pwn && chmod 4755 /vol/pwn; "
+                                      "grep ' /vol ' /proc/self/mountinfo")
+        assert "nosuid" in done.stdout and "nodev" in done.stdout
+        info = (vol / "pwn").stat()
+        assert info.st_uid == driver.files(spec).read().uid_base != 0  # setuid to nobody useful
+        run_dir = driver.files(spec).run_dir
+        assert run_dir.stat().st_uid == info.st_uid and (run_dir.stat().st_mode & 0o777) == 0o700
+        rootfs = str(driver.files(spec).rootfs)
+        overlay = next(line for line in open("/proc/self/mountinfo") if f" {rootfs} " in line)
+        assert "nodev" in overlay.split(" - ")[0]
+    finally:
+        driver.delete(spec)
+
+
+def test_capsule_ids_do_not_collide() -> None:
+    assert capsule_id("x-y", "z") != capsule_id("x", "y-z")
+    assert capsule_id("p", "web").startswith("nova-web-")
+
+
+def test_restore_of_a_paused_capsule(driver: CapsuleDriver, running: ContainerSpec) -> None:
+    exec_out(driver, running, "echo one > /root/f")
+    driver.snapshot(running, "s")
+    exec_out(driver, running, "echo two > /root/f")
+    runtime = driver._runtime(running)
+    runtime.call("pause", driver.files(running).read().id)
+    driver.restore_snapshot(running, "s")
+    driver.start(running)
+    assert exec_out(driver, running, "cat /root/f; echo ok > /root/g && cat /root/g").stdout == \
+        "one\nok\n"
+
+
+def test_user_lookup_never_follows_links_out_of_the_capsule(driver: CapsuleDriver,
+                                                             tmp_path: Path) -> None:
+    from nova_core.errors import NovaError
+
+    spec = container(tmp_path, name="pw", user="nobody")
+    driver.create(spec)
+    try:
+        assert driver.start(spec).state.value == "running"  # a real /etc/passwd works
+        assert exec_out(driver, spec, "id -u").stdout.strip() == "65534"
+        driver.stop(spec, 3)
+        upper_etc = driver.files(spec).upper / "etc"
+        upper_etc.mkdir(exist_ok=True)
+        (upper_etc / "passwd").unlink(missing_ok=True)
+        (upper_etc / "passwd").symlink_to("/etc/passwd")
+        with pytest.raises(NovaError, match="must be a regular file"):
+            driver.start(spec)
+        (upper_etc / "passwd").unlink()
+        os.mkfifo(upper_etc / "passwd")
+        with pytest.raises(NovaError, match="not a regular file"):
+            driver.start(spec)  # and no hang on the FIFO
+    finally:
+        driver.delete(spec)
+
+
+def test_image_rm_does_not_break_a_capsule(driver: CapsuleDriver, running: ContainerSpec,
+                                           run_nova, capsule_home: Path) -> None:
+    assert run_nova("image", "rm", "test/busybox:1").returncode == 0
+    driver.stop(running, 3)
+    assert driver.start(running).state.value == "running"
+
+
+def test_a_failing_automatic_restart_is_recorded_and_cleaned(driver: CapsuleDriver,
+                                                             tmp_path: Path, run_nova,
+                                                             capsule_home: Path) -> None:
+    project = tmp_path / "p"
+    project.mkdir()
+    (project / "NovaFile").write_text(
+        'project = "selfharm"\n[container.c]\ncapsule = "test/busybox:1"\nrestart = "always"\n'
+        'command = ["/bin/sh", "-c", "rm /bin/sh; exit 1"]\nstop_timeout = 2\n')
+    assert run_nova("up", cwd=project).returncode == 0
+    try:
+        deadline = time.monotonic() + 20
+        listing: list[dict[str, str]] = []
+        while time.monotonic() < deadline:
+            listing = json.loads(run_nova("ls", "--json").stdout)
+            if listing and "failed" in listing[0]["detail"]:
+                break
+            time.sleep(0.2)
+        assert listing[0]["state"] == "stopped" and "restart 1 failed" in listing[0]["detail"]
+        files = CapsuleDriver("capsule", DriverContext(nova_home=capsule_home)).files(
+            ContainerSpec(ref=ResourceRef(project="selfharm", kind=ResourceKind.CONTAINER,
+                                          name="c"), driver="capsule", base_dir=project))
+        assert not any(str(files.rootfs) in line for line in open("/proc/self/mountinfo"))
+    finally:
+        assert run_nova("down", cwd=project).returncode == 0
