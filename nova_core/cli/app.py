@@ -6,7 +6,8 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -366,6 +367,17 @@ def resolve_project(app: App, kind: str, name: str, file: str | None,
                     hint="choose one with -p PROJECT")
 
 
+@contextmanager
+def locked_instance(app: App, kind: str, name: str, file: str | None,
+                    project: str | None) -> Iterator[tuple[Any, Any]]:
+    """Resolve the instance's project, hold its lock, and yield (spec, driver)."""
+    from nova_core.drivers.models import ResourceKind
+
+    project = resolve_project(app, kind, name, file, project)
+    with app.lock(project):
+        yield app.engine.instance(project, ResourceKind(kind), name)
+
+
 def instance_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """KIND NAME arguments plus --file and --project."""
     func = project_option("Project of the instance.")(func)
@@ -433,11 +445,7 @@ def _wait_and_show(app: App, project: str, kind: str, name: str) -> int:
 def stop(app: App, kind: str, name: str, file: str | None, project: str | None,
          timeout: float | None) -> None:
     """Stop a running instance (gracefully, then forced after the timeout)."""
-    from nova_core.drivers.models import ResourceKind
-
-    project = resolve_project(app, kind, name, file, project)
-    with app.lock(project):
-        spec, driver = app.engine.instance(project, ResourceKind(kind), name)
+    with locked_instance(app, kind, name, file, project) as (spec, driver):
         status = app.engine.stop_instance(spec, driver, timeout)
     click.echo(f"{kind}.{name}: {status.state.value}")
 
@@ -447,11 +455,7 @@ def stop(app: App, kind: str, name: str, file: str | None, project: str | None,
 @pass_app
 def kill(app: App, kind: str, name: str, file: str | None, project: str | None) -> None:
     """Stop an instance at once (no grace period)."""
-    from nova_core.drivers.models import ResourceKind
-
-    project = resolve_project(app, kind, name, file, project)
-    with app.lock(project):
-        spec, driver = app.engine.instance(project, ResourceKind(kind), name)
+    with locked_instance(app, kind, name, file, project) as (spec, driver):
         status = app.engine.stop_instance(spec, driver, timeout=0)
     click.echo(f"{kind}.{name}: {status.state.value}")
 
@@ -464,11 +468,7 @@ def kill(app: App, kind: str, name: str, file: str | None, project: str | None) 
 def restart(app: App, kind: str, name: str, file: str | None, project: str | None,
             timeout: float | None) -> None:
     """Stop an instance (gracefully) and start it again."""
-    from nova_core.drivers.models import ResourceKind
-
-    project = resolve_project(app, kind, name, file, project)
-    with app.lock(project):
-        spec, driver = app.engine.instance(project, ResourceKind(kind), name)
+    with locked_instance(app, kind, name, file, project) as (spec, driver):
         app.engine.stop_instance(spec, driver, timeout)
         status = app.engine.start_instance(spec, driver)
     click.echo(f"{kind}.{name}: {status.state.value}")
@@ -505,16 +505,13 @@ def snapshot_take(app: App, kind: str, name: str, file: str | None, project: str
     """Take a snapshot of an instance."""
     import time
 
-    from nova_core.drivers.models import ResourceKind
     from nova_core.names import NAME_RULE, is_valid_name
 
-    project = resolve_project(app, kind, name, file, project)
     snapshot_name = snapshot_name or time.strftime("snap-%Y%m%d-%H%M%S")
     if not is_valid_name(snapshot_name):
         raise click.BadParameter(f"'{snapshot_name}' is not a snapshot name ({NAME_RULE})",
                                  param_hint="--name")
-    with app.lock(project):
-        spec, driver = app.engine.instance(project, ResourceKind(kind), name)
+    with locked_instance(app, kind, name, file, project) as (spec, driver):
         info = app.engine.snapshot_instance(spec, driver, snapshot_name)
     click.echo(f"{kind}.{name}: snapshot '{info.name}' taken")
 
@@ -552,11 +549,7 @@ def snapshot_ls(app: App, kind: str, name: str, file: str | None, project: str |
 def snapshot_restore(app: App, kind: str, name: str, file: str | None, project: str | None,
                      snapshot_name: str) -> None:
     """Bring an instance back to a snapshot (changes since are lost)."""
-    from nova_core.drivers.models import ResourceKind
-
-    project = resolve_project(app, kind, name, file, project)
-    with app.lock(project):
-        spec, driver = app.engine.instance(project, ResourceKind(kind), name)
+    with locked_instance(app, kind, name, file, project) as (spec, driver):
         status = app.engine.restore_instance(spec, driver, snapshot_name)
     click.echo(f"{kind}.{name}: restored to '{snapshot_name}' ({status.state.value})")
 
@@ -568,11 +561,7 @@ def snapshot_restore(app: App, kind: str, name: str, file: str | None, project: 
 def snapshot_rm(app: App, kind: str, name: str, file: str | None, project: str | None,
                 snapshot_name: str) -> None:
     """Remove a snapshot."""
-    from nova_core.drivers.models import ResourceKind
-
-    project = resolve_project(app, kind, name, file, project)
-    with app.lock(project):
-        spec, driver = app.engine.instance(project, ResourceKind(kind), name)
+    with locked_instance(app, kind, name, file, project) as (spec, driver):
         app.engine.delete_instance_snapshot(spec, driver, snapshot_name)
     click.echo(f"{kind}.{name}: snapshot '{snapshot_name}' removed")
 
