@@ -37,22 +37,11 @@ import time
 from pathlib import Path
 
 from nova_capsule.layers import extract_layer
-from nova_capsule.runtime import find_runtime
+from nova_capsule.runtime import find_runtime, run_root
 from nova_capsule.testing import LocalRegistry, busybox_layer, image_config, push_image
+from timing import median_seconds
 
 PODMAN_LIMITS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
-
-
-def timed(argv: list[str], runs: int, env: dict[str, str] | None = None,
-          cwd: Path | None = None) -> float:
-    """Median seconds of ``argv`` (one warm-up run first)."""
-    subprocess.run(argv, env=env, cwd=cwd, capture_output=True, check=True)
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        subprocess.run(argv, env=env, cwd=cwd, capture_output=True, check=True)
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
 
 
 def rss_kib(pid: int) -> int:
@@ -90,7 +79,7 @@ def crun_floor(tmp: Path, layer: bytes, runs: int) -> float:
     config["process"].update(terminal=False, args=["/bin/true"])
     config["linux"]["cgroupsPath"] = "/nova-bench/floor"
     (bundle / "config.json").write_text(json.dumps(config))
-    median = timed(runtime.argv("run", "-b", str(bundle), "nova-bench-floor"), runs)
+    median = median_seconds(runtime.argv("run", "-b", str(bundle), "nova-bench-floor"), runs)
     return median
 
 
@@ -125,13 +114,13 @@ def main() -> int:
                 f'project = "bench"\n[container.t]\ncapsule = "{image}"\ncommand = ["/bin/true"]\n')
             subprocess.run([*nova, "image", "pull", image], env=env, check=True,
                            capture_output=True)
-            results["nova run --rm"] = timed([*nova, "run", "--rm", "container", "t"], args.runs,
+            results["nova run --rm"] = median_seconds([*nova, "run", "--rm", "container", "t"], args.runs,
                                              env, project)
             runtime = find_runtime("crun", home).executable
             if podman:
                 subprocess.run([podman, "pull", "--tls-verify=false", image], check=True,
                                capture_output=True)
-                results["podman run --rm"] = timed(
+                results["podman run --rm"] = median_seconds(
                     [podman, "run", "--rm", *PODMAN_LIMITS, "--network", "none",
                      "--runtime", runtime, image, "/bin/true"], args.runs)
             many_up, many_rss = nova_many(nova, env, project, image, args.many)
@@ -141,6 +130,8 @@ def main() -> int:
                     compose, tmp, image, args.many, runtime)
         finally:
             registry.stop()
+            for used in (home, tmp / "crun-home"):  # runtime state Nova kept under /run
+                shutil.rmtree(run_root(used), ignore_errors=True)
             if podman:
                 subprocess.run([podman, "rmi", "-f", f"{registry.address}/bench/busybox:1"],
                                capture_output=True)

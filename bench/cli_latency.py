@@ -18,25 +18,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from timing import median_seconds
+
 TARGETS = {"nova --version": 0.060, "nova ls (1000 instances)": 0.150}
-
-
-def median_seconds(argv: list[str], runs: int, env: dict[str, str], cwd: Path | None = None) -> float:
-    """Median wall time of ``argv`` over ``runs`` runs (after one warm-up)."""
-    subprocess.run(argv, env=env, cwd=cwd, capture_output=True, check=True)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        subprocess.run(argv, env=env, cwd=cwd, capture_output=True, check=True)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def fill_state(home: Path, count: int) -> None:

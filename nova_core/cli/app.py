@@ -645,11 +645,7 @@ def volume_ls(app: App, as_json: bool, project: str | None) -> None:
     store = app.store(readonly=True)
     items = []
     for row in store.resources(project, kinds=("volume",)):
-        users = []
-        for other in store.resources(row.project, kinds=("vm", "container")):
-            if any(m.get("type") == "volume" and m.get("source") == row.name
-                   for m in other.spec_dict().get("volumes", [])):
-                users.append(other.key)
+        users = store.instances_using_volume(row.project, row.name)
         items.append({"project": row.project, "name": row.name, "driver": row.driver,
                       "state": row.state, "path": row.data_dict().get("path"), "used_by": users})
     if as_json:
@@ -674,7 +670,7 @@ def volume_rm(app: App, name: str, project: str | None) -> None:
         if app.engine.store.resource(project, "volume", name) is None:
             raise NovaError(f"no volume {name} in project '{project}'",
                             hint="nova volume ls lists them")
-        users = app.engine.volume_users(project, name)
+        users = app.engine.store.instances_using_volume(project, name)
         if users:
             raise NovaError(f"volume {name} is in use by {', '.join(users)}",
                             hint="remove those instances first (nova down NAME)")

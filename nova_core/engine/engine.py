@@ -256,7 +256,8 @@ class Engine:
                 note(f"{step.ref.key} would be replaced ({step.reason}), which deletes its data; "
                      f"remove it first with `nova down --volumes {step.ref.name}` if that is meant")
             if step.action == "delete" and step.ref.kind is ResourceKind.VOLUME:
-                staying = [k for k in self.volume_users(step.ref.project, step.ref.name)
+                staying = [k for k in self.store.instances_using_volume(step.ref.project,
+                                                                        step.ref.name)
                            if k not in leaving]
                 if staying:
                     note(f"{step.ref.key} is used by {', '.join(staying)}; remove "
@@ -576,15 +577,6 @@ class Engine:
         """Stop a recorded instance and record its state."""
         wait = spec.stop_timeout if timeout is None else timeout
         return self._call("stop", spec, lambda: driver.stop(spec, wait), self._status_record)
-
-    def volume_users(self, project: str, volume: str) -> list[str]:
-        """Instances (``kind.name``) whose recorded spec mounts named volume ``volume``."""
-        users = []
-        for row in self.store.resources(project, kinds=("vm", "container")):
-            mounts = row.spec_dict().get("volumes", [])
-            if any(m.get("type") == "volume" and m.get("source") == volume for m in mounts):
-                users.append(row.key)
-        return users
 
     def _recorded_snapshot(self, spec: InstanceSpec, name: str) -> None:
         ref = spec.ref

@@ -283,6 +283,15 @@ class Store:
             conn.execute(f"DELETE FROM {table} WHERE project=? AND kind=? AND name=?",
                          (project, kind, name))
 
+    def instances_using_volume(self, project: str, volume: str) -> list[str]:
+        """Instances (``kind.name``) whose recorded spec mounts named volume ``volume``."""
+        users = []
+        for row in self.resources(project, kinds=("vm", "container")):
+            mounts = row.spec_dict().get("volumes", [])
+            if any(m.get("type") == "volume" and m.get("source") == volume for m in mounts):
+                users.append(row.key)
+        return users
+
     # -- attachments -------------------------------------------------------------
     def attachments(self, project: str, kind: str, name: str) -> dict[str, str]:
         """Recorded network attachments of an instance: network -> JSON info."""

@@ -34,8 +34,12 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nova_capsule import idmap
+
+if TYPE_CHECKING:
+    from nova_capsule.runtime import Runtime
 from nova_core.errors import NovaError
 
 UID_BASE = 200_000
@@ -244,3 +248,19 @@ class CapsuleLock:
             os.close(fd)
         else:
             self._held[key] = (fd, depth - 1)
+
+
+def teardown(runtime: Runtime, capsule: str, files: CapsuleFiles) -> None:
+    """Remove the runtime's container, the capsule's mounts and its cgroup (idempotent)."""
+    from nova_capsule.cgroups import remove_cgroup
+
+    runtime.call("delete", "--force", capsule, check=False)
+    files.unmount()
+    remove_cgroup(capsule)
+
+
+def exit_command(nova_home: Path, project: str, name: str, run_id: str) -> list[str]:
+    """What conmon runs when the capsule's main process exits (see exit_hook)."""
+    import sys
+
+    return [sys.executable, "-m", "nova_capsule.exit_hook", str(nova_home), project, name, run_id]

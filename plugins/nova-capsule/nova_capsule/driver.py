@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -21,6 +20,8 @@ from nova_capsule.capsules import (
     UidAllocator,
     capsule_files,
     capsule_id,
+    exit_command,
+    teardown,
 )
 from nova_capsule.cgroups import cgroup_path, remove_cgroup
 from nova_capsule.runtime import Runtime, find_runtime, launch_with_conmon, run_root
@@ -261,7 +262,9 @@ class CapsuleDriver(ComputeDriver):
                 (files.root / "conmon.pid").unlink(missing_ok=True)  # not an earlier run's
                 launch_with_conmon(runtime, meta.id, files.root, files.log, files.exits,
                                    run_root(self.context.nova_home) / "sock",
-                                   exit_command=self._exit_command(spec, run_id))
+                                   exit_command=exit_command(self.context.nova_home,
+                                                              spec.ref.project, spec.ref.name,
+                                                              run_id))
                 runtime.call("start", meta.id)
             except BaseException:
                 files.run_id.unlink(missing_ok=True)  # any exit hook of this run is now stale
@@ -300,10 +303,6 @@ class CapsuleDriver(ComputeDriver):
             return False
         return done.returncode == 0
 
-    def _exit_command(self, spec: InstanceSpec, run_id: str) -> list[str]:
-        return [sys.executable, "-m", "nova_capsule.exit_hook", str(self.context.nova_home),
-                spec.ref.project, spec.ref.name, run_id]
-
     @staticmethod
     def _kill_monitor(files: CapsuleFiles, timeout: float = 2.0) -> None:
         """End this run's conmon (after a failed start nothing may stay behind)."""
@@ -325,9 +324,7 @@ class CapsuleDriver(ComputeDriver):
 
     def _teardown(self, runtime: Runtime, meta: CapsuleMeta, files: CapsuleFiles) -> None:
         """Remove the runtime's container, the mounts and the cgroup."""
-        runtime.call("delete", "--force", meta.id, check=False)
-        files.unmount()
-        remove_cgroup(meta.id)
+        teardown(runtime, meta.id, files)
 
     def stop(self, spec: InstanceSpec, timeout: float) -> ResourceStatus:
         """SIGTERM, then SIGKILL after ``timeout``; then unmount (the upper layer stays)."""

@@ -61,8 +61,7 @@ def _current(files, run_id: str) -> bool:  # noqa: ANN001
 
 
 def _after_exit(nova_home: Path, project: str, name: str, restart: bool, code: int | None) -> int:
-    from nova_capsule.capsules import capsule_files
-    from nova_capsule.cgroups import remove_cgroup
+    from nova_capsule.capsules import capsule_files, exit_command, teardown
     from nova_capsule.runtime import find_runtime, launch_with_conmon, run_root
 
     files = capsule_files(nova_home, project, name)
@@ -78,21 +77,16 @@ def _after_exit(nova_home: Path, project: str, name: str, restart: bool, code: i
         try:
             launch_with_conmon(runtime, meta.id, files.root, files.log, files.exits,
                                run_root(nova_home) / "sock",
-                               exit_command=[sys.executable, "-m", "nova_capsule.exit_hook",
-                                             str(nova_home), project, name, new_run])
+                               exit_command=exit_command(nova_home, project, name, new_run))
             runtime.call("start", meta.id)
         except Exception as error:  # noqa: BLE001 - recorded for the user, then cleaned up
             files.run_id.unlink(missing_ok=True)
-            runtime.call("delete", "--force", meta.id, check=False)
-            files.unmount()
-            remove_cgroup(meta.id)
+            teardown(runtime, meta.id, files)
             _record(nova_home, project, name, "stopped", f"restart {meta.restarts} failed: {error}")
             return 0
         _record(nova_home, project, name, "running", f"restarted ({meta.restarts})")
         return 0
-    runtime.call("delete", "--force", meta.id, check=False)
-    files.unmount()
-    remove_cgroup(meta.id)
+    teardown(runtime, meta.id, files)
     _record(nova_home, project, name, "stopped", f"exited with code {code}")
     return 0
 

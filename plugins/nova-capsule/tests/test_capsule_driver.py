@@ -69,6 +69,13 @@ def container(tmp_path: Path, name: str = "c1", **fields: object) -> ContainerSp
                          driver="capsule", base_dir=tmp_path, **fields)
 
 
+def wait_until_exited(driver: CapsuleDriver, spec: ContainerSpec, timeout: float = 10) -> None:
+    """Wait (bounded) until the capsule's main process has exited."""
+    deadline = time.monotonic() + timeout
+    while driver.status(spec).state.value == "running" and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 class TestCapsuleContract(ComputeDriverContract):
     @pytest.fixture
     def instance_spec(self, tmp_path: Path) -> ContainerSpec:
@@ -173,9 +180,7 @@ def test_logs_have_streams_and_timestamps_after_exit(driver: CapsuleDriver, tmp_
     driver.create(spec)
     try:
         driver.start(spec)
-        deadline = time.monotonic() + 10
-        while driver.status(spec).state.value == "running" and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until_exited(driver, spec)
         status = driver.status(spec)
         assert status.state.value == "stopped" and status.detail == "exited with code 3"
         lines = list(driver.logs(spec, LogRequest()))
@@ -261,9 +266,7 @@ def test_quick_reincarnation_is_not_undone_by_an_old_exit_hook(driver: CapsuleDr
         driver.create(spec)
         try:
             driver.start(spec)
-            deadline = time.monotonic() + 10
-            while driver.status(spec).state.value == "running" and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_until_exited(driver, spec)
             assert driver.status(spec).exit_code == 0
         finally:
             driver.delete(spec)

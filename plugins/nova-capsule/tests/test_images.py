@@ -88,20 +88,28 @@ def test_unknown_image_and_unreachable_registry(tmp_path: Path, registry) -> Non
     assert store.images() == []
 
 
+def _image_parts(layer_digest: str | None = None) -> tuple[bytes, bytes, dict[str, bytes], bytes]:
+    """(layer, config, blobs by digest, manifest) of a busybox image, for the small
+    in-process registries below; ``layer_digest`` overrides the digest the manifest claims."""
+    layer = busybox_layer()
+    config = image_config(["/bin/sh"], layers=[layer])
+    blobs = {"sha256:" + hashlib.sha256(b).hexdigest(): b for b in (layer, config)}
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"digest": "sha256:" + hashlib.sha256(config).hexdigest(), "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": layer_digest or "sha256:" + hashlib.sha256(layer).hexdigest(),
+                    "size": len(layer)}]}).encode()
+    return layer, config, blobs, manifest
+
+
 def test_digest_mismatch_stores_nothing(tmp_path: Path) -> None:
     """A registry (a tiny HTTP server on 127.0.0.1) that serves a layer unlike its digest."""
     import http.server
     import threading
 
-    layer = busybox_layer()
-    config = image_config(["/bin/sh"], layers=[layer])
-    claimed = "sha256:" + hashlib.sha256(layer + b"x").hexdigest()
-    manifest = json.dumps({"schemaVersion": 2,
-                           "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                           "config": {"digest": "sha256:" + hashlib.sha256(config).hexdigest(),
-                                      "size": len(config)},
-                           "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                                       "digest": claimed, "size": len(layer)}]}).encode()
+    claimed = "sha256:" + hashlib.sha256(busybox_layer() + b"x").hexdigest()
+    layer, config, _blobs, manifest = _image_parts(layer_digest=claimed)
 
     class Liar(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802
@@ -209,15 +217,7 @@ def test_bearer_and_basic_auth_protocols(tmp_path: Path) -> None:
     import http.server
     import threading
 
-    layer = busybox_layer()
-    config = image_config(["/bin/sh"], layers=[layer])
-    blobs = {"sha256:" + hashlib.sha256(b).hexdigest(): b for b in (layer, config)}
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"digest": "sha256:" + hashlib.sha256(config).hexdigest(), "size": len(config)},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                    "digest": "sha256:" + hashlib.sha256(layer).hexdigest(),
-                    "size": len(layer)}]}).encode()
+    _layer, _config, blobs, manifest = _image_parts()
     seen: list[str] = []
 
     class Registry(http.server.BaseHTTPRequestHandler):
@@ -274,15 +274,7 @@ def test_credentials_do_not_follow_redirects(tmp_path: Path) -> None:
 
     from nova_capsule.registry import Credentials
 
-    layer = busybox_layer()
-    config = image_config(["/bin/sh"], layers=[layer])
-    blobs = {"sha256:" + hashlib.sha256(b).hexdigest(): b for b in (layer, config)}
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"digest": "sha256:" + hashlib.sha256(config).hexdigest(), "size": len(config)},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                    "digest": "sha256:" + hashlib.sha256(layer).hexdigest(),
-                    "size": len(layer)}]}).encode()
+    _layer, _config, blobs, manifest = _image_parts()
     storage_saw: list[str | None] = []
 
     class Storage(http.server.BaseHTTPRequestHandler):
