@@ -28,6 +28,7 @@ from nova_capsule.runtime import Runtime, find_runtime, launch_with_conmon, run_
 
 if TYPE_CHECKING:
     from nova_capsule.store import ImageConfig
+from nova_core.drivers.base import DriverContext
 from nova_core.drivers.compute import ComputeDriver
 from nova_core.drivers.models import (
     ContainerSpec,
@@ -61,9 +62,16 @@ class CapsuleDriver(ComputeDriver):
         """The capsule's folder."""
         return capsule_files(self.context.nova_home, spec.ref.project, spec.ref.name)
 
+    def __init__(self, name: str, context: DriverContext) -> None:
+        super().__init__(name, context)
+        self._runtimes: dict[str, Runtime] = {}
+
     def _runtime(self, spec: InstanceSpec) -> Runtime:
+        """The runtime the capsule asks for, found once per driver (status is polled)."""
         preferred = getattr(spec.options, "runtime", "crun")
-        return find_runtime(preferred, self.context.nova_home)
+        if preferred not in self._runtimes:
+            self._runtimes[preferred] = find_runtime(preferred, self.context.nova_home)
+        return self._runtimes[preferred]
 
     def _uids(self) -> UidAllocator:
         return UidAllocator(self.context.driver_dir(self.name) / "uids.json")
