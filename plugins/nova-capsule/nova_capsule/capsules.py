@@ -5,6 +5,8 @@ NOVA_HOME/drivers/capsule/capsules/<project>/<name>/
   capsule.json   id, image, layers, uid range, restart policy
   config.json    the OCI bundle's config (the bundle is this folder)
   upper/ work/   the capsule's own writable layer (survives stop, start, reboot)
+  rw.img, rw/    with a storage size: an ext4 image of that size, loop-mounted at rw/
+                 while needed, holding upper/ and work/ (so the size is a hard limit)
   lower/<i>/     each image layer, idmapped to the capsule's range (mounted at start)
   ctr.log        stdout/stderr as conmon wrote them, with timestamps
   exits/<id>     the exit code conmon recorded
@@ -32,6 +34,8 @@ import fcntl
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -69,8 +73,8 @@ class CapsuleFiles:
         self.root = root
         self.run_dir = run_dir
         self.meta_path = root / "capsule.json"
-        self.upper = root / "upper"
-        self.work = root / "work"
+        self.rw_image = root / "rw.img"
+        self.rw = root / "rw"
         self.lower = root / "lower"
         self.binds = run_dir / "binds"
         self.rootfs = run_dir / "rootfs"
@@ -79,6 +83,54 @@ class CapsuleFiles:
         self.snapshots = root / "snapshots"
         self.stopping = root / "stopping"
         self.run_id = root / "run-id"
+
+    @property
+    def sized(self) -> bool:
+        """True when the writable layer lives in a fixed-size filesystem image."""
+        return self.rw_image.exists()
+
+    @property
+    def layer_home(self) -> Path:
+        """The folder holding upper/ and work/ (the loop-mounted rw/ when sized)."""
+        return self.rw if self.sized else self.root
+
+    @property
+    def upper(self) -> Path:
+        """The capsule's writable layer."""
+        return self.layer_home / "upper"
+
+    @property
+    def work(self) -> Path:
+        """overlayfs's work folder (same filesystem as the upper layer)."""
+        return self.layer_home / "work"
+
+    def make_sized_layer(self, size: int, owner: int) -> None:
+        """Make the fixed-size ext4 image that will hold the writable layer."""
+        import subprocess
+
+        with open(self.rw_image, "wb") as image:
+            image.truncate(size)  # sparse: costs only what is written
+        done = subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", "-L", "nova-rw",
+                               "-E", f"root_owner={owner}:{owner}", str(self.rw_image)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            self.rw_image.unlink(missing_ok=True)
+            raise NovaError(f"could not make the {size}-byte writable layer: "
+                            f"{done.stderr.strip() or 'mkfs.ext4 failed'}",
+                            hint="give a larger storage size (at least 8Mi), or install e2fsprogs")
+
+    def mount_sized_layer(self) -> None:
+        """Loop-mount the writable layer's image at rw/ (idempotent; no-op when not sized)."""
+        import subprocess
+
+        if not self.sized or idmap.is_mounted(self.rw):
+            return
+        self.rw.mkdir(exist_ok=True)
+        done = subprocess.run(["mount", "-t", "ext4", "-o", "loop,nosuid,nodev",
+                               str(self.rw_image), str(self.rw)], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise NovaError(f"could not mount the writable layer {self.rw_image}: "
+                            f"{done.stderr.strip()}", hint="check that loop devices are available")
 
     def exists(self) -> bool:
         """True once created."""
@@ -109,6 +161,7 @@ class CapsuleFiles:
         self.unmount()  # whatever a crash left half-mounted
         fd = idmap.user_namespace_fd(meta.uid_base, UID_COUNT)
         try:
+            self.mount_sized_layer()
             lowers = []
             for index, layer in enumerate(layer_dirs):
                 target = self.lower / str(index)
@@ -145,11 +198,23 @@ class CapsuleFiles:
             if folder.is_dir():
                 for entry in sorted(folder.iterdir()):
                     idmap.unmount(entry)
+        idmap.unmount(self.rw)  # the loop device goes with it (autoclear)
+
+    @contextmanager
+    def writable_layer(self) -> Iterator[Path]:
+        """The upper layer, mounted for the duration when it lives in an image."""
+        mounted_here = self.sized and not idmap.is_mounted(self.rw)
+        self.mount_sized_layer()
+        try:
+            yield self.upper
+        finally:
+            if mounted_here:
+                idmap.unmount(self.rw)
 
     def remove(self) -> None:
         """Unmount and delete the folders (and the project's folder once empty)."""
         self.unmount()
-        if idmap.is_mounted(self.rootfs):
+        if idmap.is_mounted(self.rootfs) or idmap.is_mounted(self.rw):
             raise NovaError(f"{self.rootfs} is still mounted; not removing the capsule's files")
         shutil.rmtree(self.root, ignore_errors=True)
         shutil.rmtree(self.run_dir, ignore_errors=True)

@@ -177,9 +177,12 @@ class CapsuleDriver(ComputeDriver):
         base = uids.allocate(self._id(spec))
         try:
             files.root.mkdir(parents=True, exist_ok=True)
-            for folder in (files.upper, files.work):
-                folder.mkdir(exist_ok=True)
-                os.chown(folder, base, base)
+            if spec.storage_size:
+                files.make_sized_layer(spec.storage_size, base)
+            with files.writable_layer():
+                for folder in (files.upper, files.work):
+                    folder.mkdir(exist_ok=True)
+                    os.chown(folder, base, base)
             files.exits.mkdir(exist_ok=True)
             for bind in binds:  # a named volume still owned by root is handed to this capsule
                 source = Path(str(bind["source"]))
@@ -418,7 +421,8 @@ class CapsuleDriver(ComputeDriver):
             if frozen:
                 runtime.call("pause", meta.id)
             try:
-                _copy_tree(files.upper, target)
+                with files.writable_layer() as upper:
+                    _copy_tree(upper, target)
             except BaseException:
                 shutil.rmtree(target, ignore_errors=True)
                 raise
@@ -441,21 +445,22 @@ class CapsuleDriver(ComputeDriver):
             was_running = self.status(spec).state in (Lifecycle.RUNNING, Lifecycle.PAUSED)
             if self._running(self._runtime(spec), files.read().id) or was_running:
                 self.stop(spec, spec.stop_timeout)  # never swap layers under a live overlay
-            fresh = files.root / "upper.restore"
-            shutil.rmtree(fresh, ignore_errors=True)
-            try:
-                _copy_tree(saved, fresh)
-            except BaseException:
-                shutil.rmtree(fresh, ignore_errors=True)
-                raise
-            old = files.root / "upper.old"
-            os.rename(files.upper, old)
-            os.rename(fresh, files.upper)
-            shutil.rmtree(old, ignore_errors=True)
-            shutil.rmtree(files.work, ignore_errors=True)  # overlay needs an empty workdir
-            files.work.mkdir()
             meta = files.read()
-            os.chown(files.work, meta.uid_base, meta.uid_base)
+            with files.writable_layer():
+                fresh = files.layer_home / "upper.restore"  # same filesystem: renames work
+                shutil.rmtree(fresh, ignore_errors=True)
+                try:
+                    _copy_tree(saved, fresh)
+                except BaseException:
+                    shutil.rmtree(fresh, ignore_errors=True)
+                    raise
+                old = files.layer_home / "upper.old"
+                os.rename(files.upper, old)
+                os.rename(fresh, files.upper)
+                shutil.rmtree(old, ignore_errors=True)
+                shutil.rmtree(files.work, ignore_errors=True)  # overlay needs an empty workdir
+                files.work.mkdir()
+                os.chown(files.work, meta.uid_base, meta.uid_base)
             return self.start(spec) if was_running else self.status(spec)
 
     def delete_snapshot(self, spec: InstanceSpec, name: str) -> None:

@@ -73,12 +73,16 @@ def extract_layer(blob: Path, target: Path, name: str = "") -> None:
         shutil.rmtree(partial)
     partial.mkdir(parents=True)
     directories: list[tuple[Path, tarfile.TarInfo]] = []
+    plain = partial.with_name(target.name + ".tar")
     try:
+        if _is_zstd(blob):
+            _unzstd(blob, plain, layer)
+            blob = plain
         try:
             archive = tarfile.open(blob, "r:*")
         except tarfile.TarError as error:
             raise LayerError(f"layer {layer} is not a tar archive (or uses a compression "
-                             f"Nova does not read, e.g. zstd): {error}") from error
+                             f"Nova does not read): {error}") from error
         with archive:
             for member in archive:
                 _extract_member(archive, member, partial, layer, directories)
@@ -88,6 +92,30 @@ def extract_layer(blob: Path, target: Path, name: str = "") -> None:
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+    finally:
+        plain.unlink(missing_ok=True)
+
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def _is_zstd(blob: Path) -> bool:
+    with open(blob, "rb") as handle:
+        return handle.read(4) == ZSTD_MAGIC
+
+
+def _unzstd(blob: Path, target: Path, layer: str) -> None:
+    """Decompress a zstd layer with the ``zstd`` tool (Python 3.11 has no zstd module)."""
+    import subprocess
+
+    try:
+        done = subprocess.run(["zstd", "-q", "-d", "-f", "-o", str(target), str(blob)],
+                              capture_output=True, text=True)
+    except FileNotFoundError:
+        raise LayerError(f"layer {layer} is zstd-compressed and the zstd tool is not installed",
+                         hint="apt-get install zstd") from None
+    if done.returncode != 0:
+        raise LayerError(f"layer {layer}: zstd could not decompress it: {done.stderr.strip()}")
 
 
 def _extract_member(archive: tarfile.TarFile, member: tarfile.TarInfo, root: Path, layer: str,

@@ -37,6 +37,7 @@ from nova_core.errors import NovaError
 LAYER_TYPES = {
     "application/vnd.oci.image.layer.v1.tar+gzip",
     "application/vnd.oci.image.layer.v1.tar",
+    "application/vnd.oci.image.layer.v1.tar+zstd",
     "application/vnd.docker.image.rootfs.diff.tar.gzip",
     "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
 }
@@ -155,7 +156,7 @@ class ImageStore:
         for layer in layers:
             if layer.get("mediaType") not in LAYER_TYPES:
                 raise NovaError(f"{ref}: layer type {layer.get('mediaType')!r} is not supported",
-                                hint="Nova reads tar and tar+gzip layers")
+                                hint="Nova reads tar, tar+gzip and tar+zstd layers")
         total = sum(int(layer.get("size", 0)) for layer in layers)
         self.blobs.mkdir(parents=True, exist_ok=True)
         self.layers.mkdir(parents=True, exist_ok=True)

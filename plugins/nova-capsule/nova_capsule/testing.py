@@ -22,6 +22,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from nova_capsule.layers import ZSTD_MAGIC
+
 BUSYBOX = Path("/bin/busybox")
 APPLETS = ("sh", "true", "false", "echo", "cat", "ls", "sleep", "id", "ps", "hostname", "touch",
            "mkdir", "rm", "env", "grep", "head", "wc", "kill", "chown", "stat", "dd", "mount",
@@ -123,12 +125,19 @@ def layer_tar(entries: list[tuple[str, bytes | None]]) -> bytes:
 
 def image_config(cmd: list[str], env: list[str] | None = None, layers: list[bytes] = ()) -> bytes:
     """An OCI image config for ``layers`` (their uncompressed digests as diff_ids)."""
-    diff_ids = ["sha256:" + hashlib.sha256(gzip.decompress(layer)).hexdigest() for layer in layers]
+    diff_ids = ["sha256:" + hashlib.sha256(_uncompressed(layer)).hexdigest() for layer in layers]
     return json.dumps({
         "architecture": "amd64", "os": "linux",
         "config": {"Cmd": cmd, "Env": env or ["PATH=/bin"], "WorkingDir": "/"},
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
     }).encode()
+
+
+def _uncompressed(layer: bytes) -> bytes:
+    if layer.startswith(ZSTD_MAGIC):
+        return subprocess.run(["zstd", "-q", "-d", "-c"], input=layer, capture_output=True,
+                              check=True).stdout
+    return gzip.decompress(layer)
 
 
 def _request(method: str, url: str, data: bytes | None = None,
@@ -155,7 +164,8 @@ def push_image(registry: str, repository: str, tag: str, layers: list[bytes], co
                platform_index: bool = False) -> str:
     """Push an image (optionally behind an index with two platforms); return the tag's digest."""
     config_digest = push_blob(registry, repository, config)
-    layer_entries = [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+    layer_entries = [{"mediaType": "application/vnd.oci.image.layer.v1.tar+" +
+                      ("zstd" if layer.startswith(ZSTD_MAGIC) else "gzip"),
                       "digest": push_blob(registry, repository, layer), "size": len(layer)}
                      for layer in layers]
     manifest = json.dumps({

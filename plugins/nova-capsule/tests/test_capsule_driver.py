@@ -14,12 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from nova_capsule import idmap
 from nova_capsule.cgroups import cgroup_dirs
 from nova_capsule.driver import CapsuleDriver, capsule_id
 from nova_capsule.runtime import run_root
 
 from nova_core.drivers.base import DriverContext
 from nova_core.drivers.models import ContainerSpec, ResourceKind, ResourceRef
+from nova_core.errors import NovaError
 from nova_core.testing.contracts import ComputeDriverContract
 
 LOOP = "trap 'exit 0' TERM; echo started; while true; do sleep 0.1; done"
@@ -437,3 +439,39 @@ def test_a_failing_automatic_restart_is_recorded_and_cleaned(driver: CapsuleDriv
         assert not any(str(files.rootfs) in line for line in open("/proc/self/mountinfo"))
     finally:
         assert run_nova("down", cwd=project).returncode == 0
+
+
+def loop_devices_backing(image: Path) -> list[str]:
+    """Loop devices whose backing file is ``image``."""
+    found = []
+    for entry in Path("/sys/block").glob("loop*/loop/backing_file"):
+        if entry.read_text().strip().removesuffix(" (deleted)") == str(image):
+            found.append(entry.parent.parent.name)
+    return found
+
+
+@pytest.mark.parametrize("running", [{"storage_size": 24 * 2**20}], indirect=True)
+def test_storage_size_is_a_hard_limit_that_survives_restarts(driver: CapsuleDriver,
+                                                             running: ContainerSpec) -> None:
+    files = driver.files(running)
+    image = files.rw_image.resolve()
+    assert files.sized and files.upper.is_relative_to(files.rw)
+    assert exec_out(driver, running, "dd if=/dev/zero of=/root/small bs=1M count=4").returncode == 0
+    full = exec_out(driver, running, "dd if=/dev/zero of=/root/big bs=1M count=64")
+    assert full.returncode != 0 and "No space left" in full.stderr, full
+    exec_out(driver, running, "rm /root/big; echo kept > /root/marker")
+    driver.snapshot(running, "s1")
+    driver.stop(running, 3)
+    assert not idmap.is_mounted(files.rw) and loop_devices_backing(image) == []
+    driver.start(running)
+    assert exec_out(driver, running, "cat /root/marker").stdout == "kept\n"
+    driver.delete(running)
+    assert not image.exists() and loop_devices_backing(image) == []
+
+
+def test_too_small_a_storage_size_is_a_clear_error(driver: CapsuleDriver, tmp_path: Path,
+                                                   capsule_home: Path) -> None:
+    spec = container(tmp_path, storage_size=4096)
+    with pytest.raises(NovaError, match="writable layer"):
+        driver.create(spec)
+    assert not driver.files(spec).root.exists()

@@ -396,3 +396,27 @@ def test_oci_import_writes_nothing_outside_the_store(tmp_path: Path) -> None:
         store.import_archive(archive, "evil:1")
     assert not outside.exists() and not (tmp_path / "escape").exists()
     assert store.images() == []
+
+
+def test_zstd_layers_are_pulled_and_extracted(tmp_path: Path, registry) -> None:
+    """A tar+zstd layer (made with the real zstd tool) pulls and unpacks like a gzip one."""
+    import gzip
+    import subprocess
+
+    from nova_capsule.testing import push_image
+
+    plain = gzip.decompress(busybox_layer())
+    layer = subprocess.run(["zstd", "-q", "-c"], input=plain, capture_output=True,
+                           check=True).stdout
+    push_image(registry.address, "test/zstd", "1", [layer], image_config(["/bin/sh"], layers=[layer]))
+    store = ImageStore(tmp_path / "images")
+    ref = parse_reference(f"{registry.address}/test/zstd:1")
+    record = store.pull(ref, RegistryClient(ref), lambda *_: None)
+    extracted = store.layer_path(record.layers[0])
+    assert (extracted / "bin" / "busybox").stat().st_size == Path("/bin/busybox").stat().st_size
+    assert [p.name for p in extracted.parent.iterdir() if p.name.endswith(".tar")] == []
+    broken = tmp_path / "broken.zst"
+    broken.write_bytes(layer[:200])
+    with pytest.raises(LayerError, match="zstd could not decompress"):
+        extract_layer(broken, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.tar").exists()
