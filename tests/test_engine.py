@@ -169,7 +169,7 @@ def test_crash_in_the_middle_then_up_converges(lab: Path, run_nova, nova_home: P
     assert crashed.returncode == 70  # the process died inside the driver call
     assert recorded(nova_home)["container.web"] == "creating"
     members = fake_state(nova_home, "network")["lab/network/lan"]["members"]
-    assert "web" in members  # attached before the crash, and recorded as pending
+    assert "web" not in members  # networks are attached after create, before start
     write_novafile(lab, LAB)
     again = run_nova("up", cwd=lab)
     assert again.returncode == 0, again.stderr

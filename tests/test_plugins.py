@@ -59,7 +59,7 @@ def test_absent_driver_names_the_package_and_the_alternatives(nova_fake_drivers:
         reg.driver_class(DriverKind.COMPUTE, "qemu")
     assert caught.value.message == ("no compute driver 'qemu'; install nova-qemu "
                                     "(available: capsule, fake)")
-    with pytest.raises(DriverNotFound, match=r"no network driver 'warp' \(available: fake\)"):
+    with pytest.raises(DriverNotFound, match=r"no network driver 'warp' \(available: bridge, fake, vxlan\)"):
         reg.driver_class(DriverKind.NETWORK, "warp")
 
 

@@ -31,6 +31,7 @@ class App:
 
     def __init__(self, debug: bool) -> None:
         self.debug = debug
+        self.force = False  # set by commands with --force before the engine is built
 
     @functools.cached_property
     def nova_home(self) -> Path:
@@ -55,7 +56,8 @@ class App:
         from nova_core.engine.engine import Engine
 
         context = DriverContext(nova_home=self.nova_home,
-                                progress=lambda message: click.echo(f"  {message}", err=True))
+                                progress=lambda message: click.echo(f"  {message}", err=True),
+                                force=self.force)
         return Engine(self.store(), self.registry, context)
 
     def novafile(self, file: str | None) -> NovaFile:
@@ -251,10 +253,13 @@ class _LineReporter:
 
 @cli.command()
 @file_option()
+@click.option("--force", is_flag=True,
+              help="Go ahead where a driver refuses for safety (e.g. enslaving the host's uplink).")
 @click.argument("names", nargs=-1)
 @pass_app
-def up(app: App, file: str | None, names: tuple[str, ...]) -> None:
+def up(app: App, file: str | None, force: bool, names: tuple[str, ...]) -> None:
     """Create and start what the NovaFile declares (or only NAMES and what they need)."""
+    app.force = force
     loaded = app.novafile(file)
     for note in loaded.notes:
         click.echo(f"note: {note}", err=True)
@@ -344,6 +349,136 @@ def net_ls(app: App, as_json: bool, project: str | None) -> None:
     click.echo(table(["PROJECT", "NAME", "DRIVER", "TYPE", "STATE", "SUBNET", "ATTACHED"],
                      [(i["project"], i["name"], i["driver"], i["type"], i["state"],
                        i["subnet"] or "-", len(i["attached"])) for i in items]))
+
+
+def _network_row(app: App, name: str, project: str | None) -> tuple[str, Any]:
+    project = _default_project(app, project)
+    row = app.engine.store.resource(project, "network", name)
+    if row is None:
+        raise NovaError(f"no network {name} in project '{project}'", hint="nova net ls lists them")
+    return project, row
+
+
+@net.command("inspect")
+@click.argument("name")
+@project_option("Project of the network (default: the NovaFile's here, else 'default').")
+@json_option()
+@pass_app
+def net_inspect(app: App, name: str, project: str | None, as_json: bool) -> None:
+    """Show a network: its settings, addresses, attached instances and host objects."""
+    from nova_core.drivers.network import NetworkDriver
+
+    project, row = _network_row(app, name, project)
+    spec = app.engine.recorded_spec(row)
+    driver = app.engine.driver_for(spec)
+    assert isinstance(driver, NetworkDriver)
+    attached = []
+    for key in app.engine.store.attached_to(project, name):
+        kind, instance = key.split(".", 1)
+        info = json.loads(app.engine.store.attachments(project, kind, instance).get(name, "{}"))
+        attached.append({"instance": key, "endpoint": info.get("endpoint"),
+                         **info.get("details", {})})
+    info = {"project": project, "name": name, "driver": row.driver, "state": row.state,
+            "settings": {k: v for k, v in row.spec_dict().items()
+                         if k not in ("ref", "driver", "base_dir")},
+            "status": row.data_dict(), "attached": attached, "host": driver.inspect(spec)}
+    if as_json:
+        print_json(info)
+        return
+    click.echo(f"network {name} (project {project}, driver {row.driver}): {row.state}")
+    for key, value in {**info["settings"], **info["status"]}.items():
+        if value not in (None, [], {}, ""):
+            click.echo(f"  {key}: {value if not isinstance(value, dict | list) else json.dumps(value)}")
+    click.echo(f"  attached: {len(attached)}")
+    for item in attached:
+        extra = ", ".join(f"{k}={v}" for k, v in item.items() if k != "instance")
+        click.echo(f"    {item['instance']}: {extra}")
+    for key, value in info["host"].items():
+        click.echo(f"  {key}: {value if not isinstance(value, dict | list) else json.dumps(value)}")
+
+
+def _option_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text.split(",") if "," in text else text
+
+
+@net.command("create")
+@click.argument("name")
+@project_option("Project of the network (default: the NovaFile's here, else 'default').")
+@click.option("--subnet", default=None, help="CIDR, e.g. 10.1.2.0/24 (default: a free /24).")
+@click.option("--gateway", default=None, help="The bridge's address (default: the first).")
+@click.option("--dns/--no-dns", default=False, help="Instances resolve each other by name.")
+@click.option("--type", "net_type", default="bridge", show_default=True,
+              type=click.Choice(["bridge", "overlay"]))
+@click.option("--driver", "driver_name", default=None, help="Network driver (default: by type).")
+@click.option("-o", "--opt", "opts", multiple=True, metavar="KEY=VALUE",
+              help="A driver option, e.g. -o nat=false, -o isolated=true, -o vni=42.")
+@pass_app
+def net_create(app: App, name: str, project: str | None, subnet: str | None,
+               gateway: str | None, dns: bool, net_type: str, driver_name: str | None,
+               opts: tuple[str, ...]) -> None:
+    """Create a network outside of `nova up`."""
+    from pydantic import ValidationError
+
+    from nova_core.drivers.models import DriverKind, NetworkSpec, ResourceKind, ResourceRef
+    from nova_core.engine.plan import Plan, PlanStep
+    from nova_core.names import NAME_RULE, is_valid_name
+    from nova_core.novafile.entries import NetworkEntry, default_driver
+
+    if not is_valid_name(name):
+        raise click.BadParameter(f"'{name}' is not a network name ({NAME_RULE})", param_hint="NAME")
+    options: dict[str, Any] = {}
+    for opt in opts:
+        key, sep, value = opt.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"'{opt}' is not KEY=VALUE", param_hint="--opt")
+        options[key] = _option_value(value)
+    try:
+        entry = NetworkEntry(type=net_type, subnet=subnet, gateway=gateway, dns=dns)
+    except ValidationError as error:
+        raise click.BadParameter(error.errors()[0]["msg"]) from error
+    driver_name = driver_name or default_driver("network", {"type": net_type})
+    try:
+        model = app.registry.driver_class(DriverKind.NETWORK, driver_name).options_model
+        driver_options = model.model_validate(options)
+    except ValidationError as error:
+        problem = error.errors()[0]
+        raise click.BadParameter(f"{'.'.join(map(str, problem['loc']))}: {problem['msg']}",
+                                 param_hint="--opt") from error
+    project = _default_project(app, project)
+    spec = NetworkSpec(ref=ResourceRef(project=project, kind=ResourceKind.NETWORK, name=name),
+                       driver=driver_name, base_dir=Path.cwd(), options=driver_options,
+                       type=entry.type, subnet=entry.subnet, gateway=entry.gateway, dns=entry.dns)
+    with app.lock(project):
+        if app.engine.store.resource(project, "network", name) is not None:
+            raise NovaError(f"network {name} already exists in project '{project}'",
+                            hint="nova net inspect shows it")
+        step = PlanStep(ref=spec.ref, action="create", reason="nova net create",
+                        driver=driver_name, spec=spec)
+        app.engine.apply(Plan(project=project, steps=[step]), command="nova net create")
+        subnet_made = app.engine.store.resource(project, "network", name).data_dict().get("subnet")
+    click.echo(f"network {name} created in project '{project}'"
+               f"{f' ({subnet_made})' if subnet_made else ''}")
+
+
+@net.command("rm")
+@click.argument("name")
+@project_option("Project of the network (default: the NovaFile's here, else 'default').")
+@pass_app
+def net_rm(app: App, name: str, project: str | None) -> None:
+    """Remove a network (refused while instances are attached)."""
+    project, _ = _network_row(app, name, project)
+    with app.lock(project):
+        users = app.engine.store.attached_to(project, name)
+        if users:
+            names = " ".join(u.split(".", 1)[1] for u in users)
+            raise NovaError(f"network {name} has instances attached: {', '.join(users)}",
+                            hint=f"remove them first (nova down {names})")
+        plan = app.engine.down_plan(project, [f"network.{name}"])
+        app.engine.apply(plan, command="nova net rm")
+    click.echo(f"network {name} removed")
 
 
 # -- single instances ---------------------------------------------------------------------------
@@ -592,7 +727,8 @@ def volume() -> None:
     """Named volumes (also declared as [volume.NAME] in a NovaFile)."""
 
 
-def _volume_project(app: App, project: str | None) -> str:
+def _default_project(app: App, project: str | None) -> str:
+    """-p, else the project of the NovaFile here, else ``default``."""
     from nova_core.novafile.loader import NOVAFILE_NAMES
 
     if project:
@@ -623,7 +759,7 @@ def volume_create(app: App, name: str, project: str | None, size: str | None,
         size_bytes = parse_size(size) if size is not None else None
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--size") from error
-    project = _volume_project(app, project)
+    project = _default_project(app, project)
     options = app.registry.driver_class(DriverKind.STORAGE, driver_name).options_model()
     spec = VolumeSpec(ref=ResourceRef(project=project, kind=ResourceKind.VOLUME, name=name),
                       driver=driver_name, base_dir=Path.cwd(), size=size_bytes, options=options)
@@ -665,7 +801,7 @@ def volume_ls(app: App, as_json: bool, project: str | None) -> None:
 @pass_app
 def volume_rm(app: App, name: str, project: str | None) -> None:
     """Remove a named volume and its data (refused while an instance uses it)."""
-    project = _volume_project(app, project)
+    project = _default_project(app, project)
     with app.lock(project):
         if app.engine.store.resource(project, "volume", name) is None:
             raise NovaError(f"no volume {name} in project '{project}'",

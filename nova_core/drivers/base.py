@@ -18,10 +18,13 @@ class DriverContext:
     :param nova_home: the folder for Nova's state; a driver keeps its own files
         under ``nova_home / <driver name>``.
     :param progress: call with a short message to report progress of long work.
+    :param force: the user asked to go ahead where a driver would refuse for safety
+        (``nova up --force``), e.g. enslaving the host's uplink to a bridge.
     """
 
     nova_home: Path
     progress: Callable[[str], None] = field(default=lambda message: None)
+    force: bool = False
 
     def driver_dir(self, driver_name: str) -> Path:
         """Return (and create) the folder a driver keeps its files in."""

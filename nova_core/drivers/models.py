@@ -186,6 +186,7 @@ class InstanceSpec(ResourceSpec):
     ports: list[PortMapping] = Field(default_factory=list)
     volumes: list[VolumeMount] = Field(default_factory=list)
     networks: list[str] = Field(default_factory=list)
+    ip: str | None = Field(None, description="static address on the network whose subnet holds it")
     depends_on: list[str] = Field(default_factory=list)
     restart: Literal["no", "on-failure", "always", "unless-stopped"] = "no"
     stop_timeout: float = 10.0

@@ -45,6 +45,25 @@ class NetworkDriver(Driver):
     def detach(self, spec: NetworkSpec, attachment: NetworkAttachment) -> None:
         """Undo :meth:`attach`; releases the instance's address."""
 
+    def instance_started(self, spec: NetworkSpec, attachment: NetworkAttachment,
+                         instance: InstanceSpec) -> None:
+        """``instance`` (attached as ``attachment``) started: publish its ports, say.
+
+        The engine calls this after every successful start; the default does nothing.
+        """
+
+    def instance_stopped(self, spec: NetworkSpec, attachment: NetworkAttachment,
+                         instance: InstanceSpec) -> None:
+        """``instance`` stopped: withdraw what :meth:`instance_started` made.
+
+        The engine calls this after every stop it makes; :meth:`detach` must undo it too
+        (an instance may stop on its own). The default does nothing.
+        """
+
+    def inspect(self, spec: NetworkSpec) -> dict[str, object]:
+        """What the driver knows about the network, for ``nova net inspect`` (JSON-able)."""
+        return {}
+
     def update(self, spec: NetworkSpec, changed: frozenset[str]) -> ResourceStatus:
         """Apply changes to ``changed`` (a subset of ``updatable_fields``).
 

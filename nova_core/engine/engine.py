@@ -19,6 +19,7 @@ from nova_core.drivers.models import (
     Lifecycle,
     NetworkAttachment,
     NetworkSpec,
+    PortMapping,
     ResourceKind,
     ResourceSpec,
     ResourceStatus,
@@ -133,6 +134,7 @@ class Engine:
         # networks only after the instances that used them were changed.
         steps = ([s for s in deletions if s.ref.kind in INSTANCE_KINDS] + wanted +
                  [s for s in deletions if s.ref.kind not in INSTANCE_KINDS])
+        self.check_ports(project, [desired[k] for k in selected])
         plan = Plan(project=project, steps=steps, kept=kept)
         if render:
             self.render(plan)
@@ -222,6 +224,35 @@ class Engine:
         kept = [r.key for r in rows if r.kind == ResourceKind.VOLUME.value and not remove_volumes]
         rows = [r for r in rows if r.key not in kept]
         return Plan(project=project, steps=self._deletions(rows, "nova down"), kept=kept)
+
+    def check_ports(self, project: str, specs: list[ResourceSpec]) -> None:
+        """Refuse host ports two instances would publish, or that a host program listens on."""
+        from nova_core.hostinfo.ports import listening, overlaps
+
+        claims: list[tuple[str, PortMapping]] = []
+        for spec in specs:
+            if isinstance(spec, InstanceSpec):
+                claims += [(spec.ref.key, port) for port in spec.ports]
+        others: list[tuple[str, PortMapping]] = []
+        mine = {key for key, _ in claims}
+        for row in self.store.resources(None, kinds=("vm", "container")):
+            if row.project == project and row.key in mine:
+                continue  # its new ports replace its recorded ones
+            for port in row.spec_dict().get("ports") or []:
+                label = row.key if row.project == project else f"{row.key} of project {row.project}"
+                others.append((label, PortMapping.model_validate(port)))
+        problems = []
+        for index, (key, port) in enumerate(claims):
+            for other_key, other in claims[:index] + others:
+                if other_key != key and overlaps(port, other):
+                    problems.append(f"{key} and {other_key} both publish host port "
+                                    f"{port.host_port}/{port.protocol}")
+            if listening(port):
+                problems.append(f"{key} publishes host port {port.host_port}/{port.protocol}, "
+                                "but a program on the host already listens there")
+        if problems:
+            raise NovaError("port conflict:\n" + "\n".join(f"  - {p}" for p in dict.fromkeys(problems)),
+                            hint="change the host side of ports (HOST:TARGET) so each is used once")
 
     # -- apply -------------------------------------------------------------------
     def check_plan(self, plan: Plan) -> None:
@@ -370,8 +401,27 @@ class Engine:
                 state, detail, data = record(result)
                 self.store.set_state(conn, ref.project, ref.kind.value, ref.name, state, detail,
                                      data)
+        if action in ("start", "stop") and isinstance(spec, InstanceSpec):
+            self._tell_networks(action, spec)
         self._event("after", action, spec)
         return result
+
+    def _tell_networks(self, action: str, spec: InstanceSpec) -> None:
+        """Let each network the instance is attached to follow its start or stop (ports)."""
+        ref = spec.ref
+        for net_name, info in self.store.attachments(ref.project, ref.kind.value,
+                                                     ref.name).items():
+            attachment = NetworkAttachment.model_validate_json(info)
+            net_row = self.store.resource(ref.project, "network", net_name)
+            if net_row is None or attachment.endpoint == "none":
+                continue
+            net_spec = self.recorded_spec(net_row)
+            net_driver = self.driver_for(net_spec)
+            assert isinstance(net_driver, NetworkDriver) and isinstance(net_spec, NetworkSpec)
+            if action == "start":
+                net_driver.instance_started(net_spec, attachment, spec)
+            else:
+                net_driver.instance_stopped(net_spec, attachment, spec)
 
     @staticmethod
     def _status_record(status: ResourceStatus) -> tuple[str, str, dict[str, str]]:
@@ -392,6 +442,7 @@ class Engine:
             spec = self._prepare_instance(spec)
             self._call("create", spec, lambda: driver.create(spec), self._status_record,
                        making=True)
+            spec = self._attach_networks(spec)
             self._call("start", spec, lambda: driver.start(spec), self._status_record,
                        making=True)
         else:
@@ -430,7 +481,7 @@ class Engine:
                 time.sleep(min(health.interval, max(0.0, deadline - time.monotonic())))
 
     def _prepare_instance(self, spec: InstanceSpec) -> InstanceSpec:
-        """Reserve devices and attach networks, recording each before it is made."""
+        """Reserve devices and resolve volumes, recording each before it is made."""
         ref = spec.ref
         assigned: list[DeviceAssignment] = []
         if isinstance(spec, VmSpec):
@@ -443,6 +494,30 @@ class Engine:
                 assigned.extend(self._call("reserve-devices", spec,
                                            lambda d=device_driver, c=claim: d.reserve(c),
                                            making=True))
+        volumes = []
+        for mount in spec.volumes:
+            if mount.type == "volume":
+                row = self.store.resource(ref.project, "volume", mount.source)
+                path = row.data_dict().get("path") if row else None
+                if not path:
+                    raise NovaError(f"volume {mount.source} has no path recorded",
+                                    hint="run nova up so the volume is created first")
+                mount = mount.model_copy(update={"host_path": path})
+            volumes.append(mount)
+        prepared = spec.model_copy(update={"assigned_devices": assigned, "volumes": volumes})
+        with self.store.transaction() as conn:
+            self.store.put_resource(conn, ref.project, ref.kind.value, ref.name, spec.driver,
+                                    specmod.spec_json(prepared), specmod.spec_hash(prepared),
+                                    Lifecycle.CREATING.value)
+        return prepared
+
+    def _attach_networks(self, spec: InstanceSpec) -> InstanceSpec:
+        """Attach the created instance to its networks, recording each before it is made.
+
+        After ``create`` (so a compute driver can first make what the network driver
+        plugs into, such as a capsule's own network namespace) and before ``start``.
+        """
+        ref = spec.ref
         attachments: list[NetworkAttachment] = []
         for net_name in spec.networks:
             net_row = self.store.resource(ref.project, "network", net_name)
@@ -464,23 +539,14 @@ class Engine:
                 self.store.put_attachment(conn, ref.project, ref.kind.value, ref.name, net_name,
                                           attachment.model_dump_json())
             attachments.append(attachment)
-        volumes = []
-        for mount in spec.volumes:
-            if mount.type == "volume":
-                row = self.store.resource(ref.project, "volume", mount.source)
-                path = row.data_dict().get("path") if row else None
-                if not path:
-                    raise NovaError(f"volume {mount.source} has no path recorded",
-                                    hint="run nova up so the volume is created first")
-                mount = mount.model_copy(update={"host_path": path})
-            volumes.append(mount)
-        prepared = spec.model_copy(update={"attachments": attachments, "assigned_devices": assigned,
-                                           "volumes": volumes})
+        attached = spec.model_copy(update={"attachments": attachments})
+        row = self.store.resource(ref.project, ref.kind.value, ref.name)
         with self.store.transaction() as conn:
             self.store.put_resource(conn, ref.project, ref.kind.value, ref.name, spec.driver,
-                                    specmod.spec_json(prepared), specmod.spec_hash(prepared),
-                                    Lifecycle.CREATING.value)
-        return prepared
+                                    specmod.spec_json(attached), specmod.spec_hash(attached),
+                                    row.state if row else Lifecycle.CREATING.value,
+                                    row.detail if row else "", row.data_dict() if row else None)
+        return attached
 
     @staticmethod
     def _device_drivers(spec: VmSpec) -> list[str]:

@@ -106,12 +106,26 @@ class _InstanceEntry(_Entry):
     memory: Size | None = Field(None, description="memory, e.g. '512Mi', '16Gi'")
     network: StrList = Field(default_factory=list, description="network name(s) to attach to")
     ports: StrList = Field(default_factory=list, description="published ports 'HOST:TARGET[/udp]'")
+    ip: str | None = Field(None, description="static address, e.g. '10.1.2.10' (default: the next free)")
     volumes: StrList = Field(default_factory=list, description="'SRC:TARGET[:ro]' bind or volume")
     env: EnvMap = Field(default_factory=dict, description="environment; values are never printed")
     depends_on: StrList = Field(default_factory=list, description="instances to start first")
     restart: RestartPolicy = "no"
     stop_timeout: Duration = Field(10.0, description="seconds before a stop is forced")
     command: Command | None = None
+
+
+    @field_validator("ip")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None:
+            import ipaddress
+
+            try:
+                return str(ipaddress.ip_address(value))
+            except ValueError as error:
+                raise ValueError(f"'{value}' is not an IP address like 10.1.2.10") from error
+        return value
 
 
 class DiskEntry(BaseModel):

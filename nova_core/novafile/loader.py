@@ -321,6 +321,7 @@ def _instance_common(
     return {
         "image": entry.image, "cpu": entry.cpu, "memory": entry.memory, "env": entry.env,
         "ports": ports, "volumes": volumes, "networks": entry.network,
+        "ip": entry.ip,
         "depends_on": entry.depends_on, "restart": entry.restart,
         "stop_timeout": entry.stop_timeout, "command": entry.command,
     }

@@ -62,10 +62,11 @@ def rlimits() -> list[dict[str, Any]]:
 def oci_config(spec: ContainerSpec, *, rootfs: str, argv: list[str], env: dict[str, str],
                cwd: str, uid: int, gid: int, uid_base: int, uid_count: int, cgroups_path: str,
                mounts: list[dict[str, Any]], netns: str | None, host_network: bool,
-               hostname: str) -> dict[str, Any]:
-    """The config.json for ``spec``."""
+               hostname: str, userns: str | None = None) -> dict[str, Any]:
+    """The config.json for ``spec``; ``userns`` joins a pinned user namespace (with its ids)."""
     namespaces: list[dict[str, str]] = [{"type": t} for t in ("pid", "ipc", "uts", "mount",
-                                                               "user", "cgroup")]
+                                                               "cgroup")]
+    namespaces.append({"type": "user", "path": userns} if userns else {"type": "user"})
     if not host_network:
         namespaces.append({"type": "network", "path": netns} if netns else {"type": "network"})
     resources: dict[str, Any] = {"devices": [{"allow": False, "access": "rwm"}]}
@@ -105,8 +106,9 @@ def oci_config(spec: ContainerSpec, *, rootfs: str, argv: list[str], env: dict[s
             *mounts,
         ],
         "linux": {
-            "uidMappings": [{"containerID": 0, "hostID": uid_base, "size": uid_count}],
-            "gidMappings": [{"containerID": 0, "hostID": uid_base, "size": uid_count}],
+            **({} if userns else {
+                "uidMappings": [{"containerID": 0, "hostID": uid_base, "size": uid_count}],
+                "gidMappings": [{"containerID": 0, "hostID": uid_base, "size": uid_count}]}),
             "namespaces": namespaces,
             "cgroupsPath": cgroups_path,
             "resources": resources,

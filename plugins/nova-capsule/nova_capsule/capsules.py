@@ -14,6 +14,8 @@ NOVA_HOME/drivers/capsule/capsules/<project>/<name>/
 /run/nova-<hash>/capsules/<id>/
   rootfs/        the overlay (mounted at start)
   binds/<i>      each volume, bound nosuid,nodev
+  userns         the capsule's user namespace, pinned while it is on Nova networks
+                 (it owns the network namespace /run/netns/nova-NAME-HASH)
 ```
 
 The mount points the runtime opens from inside the capsule's user namespace
@@ -78,6 +80,7 @@ class CapsuleFiles:
         self.lower = root / "lower"
         self.binds = run_dir / "binds"
         self.rootfs = run_dir / "rootfs"
+        self.userns = run_dir / "userns"  # pinned when the capsule is on Nova networks
         self.log = root / "ctr.log"
         self.exits = root / "exits"
         self.snapshots = root / "snapshots"

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 from nova_capsule import bundle as bundlemod
+from nova_capsule import idmap
 from nova_capsule.capsules import (
     UID_COUNT,
     CapsuleFiles,
@@ -43,6 +44,8 @@ from nova_core.drivers.models import (
     SnapshotInfo,
 )
 from nova_core.errors import NovaError
+
+SPECIAL_NETWORKS = ("host", "none", "user")
 
 
 class CapsuleOptions(DriverOptions):
@@ -79,6 +82,34 @@ class CapsuleDriver(ComputeDriver):
     @staticmethod
     def _id(spec: InstanceSpec) -> str:
         return capsule_id(spec.ref.project, spec.ref.name)
+
+    def _netns(self, spec: InstanceSpec) -> Path | None:
+        """The pinned network namespace of a capsule on Nova networks (else None)."""
+        from nova_core.hostinfo.netns import instance_netns
+
+        if not [n for n in spec.networks if n not in SPECIAL_NETWORKS]:
+            return None
+        return instance_netns(self.context.nova_home, spec.ref.project, spec.ref.kind.value,
+                              spec.ref.name)
+
+    def _pin(self, spec: InstanceSpec, files: CapsuleFiles, uid_base: int) -> None:
+        """Pin the capsule's user namespace and the network namespace it owns (idempotent).
+
+        Network drivers plug interfaces into that namespace (``nova_core.hostinfo.netns``
+        names it); the capsule joins both, so its root administers its own network.
+        """
+        netns = self._netns(spec)
+        if netns is None or (idmap.is_pinned(files.userns) and idmap.is_pinned(netns)):
+            return
+        self._unpin(spec, files)
+        files.run_dir.mkdir(parents=True, exist_ok=True)
+        idmap.pin_namespaces(uid_base, UID_COUNT, files.userns, netns)
+
+    def _unpin(self, spec: InstanceSpec, files: CapsuleFiles) -> None:
+        netns = self._netns(spec)
+        idmap.unpin(files.userns)
+        if netns is not None:
+            idmap.unpin(netns)
 
     def _image(self, spec: ContainerSpec, pull: bool):  # noqa: ANN202
         from nova_capsule.images import find_local
@@ -191,7 +222,9 @@ class CapsuleDriver(ComputeDriver):
             files.write(CapsuleMeta(id=self._id(spec), image=record.name, layers=record.layers,
                                     uid_base=base, restart=spec.restart, runtime=runtime.name,
                                     binds=binds, config_digest=record.config_digest))
+            self._pin(spec, files, base)
         except BaseException:
+            self._unpin(spec, files)
             files.remove()
             uids.release(self._id(spec))
             raise
@@ -211,14 +244,41 @@ class CapsuleDriver(ComputeDriver):
             raise NovaError(f"{spec.ref.key}: the image has no default command",
                             hint='set command = "..."')
         uid, gid = self._user(spec, files)
-        netns = next((a.details.get("netns") for a in spec.attachments if a.endpoint == "netns"),
-                     None)
+        netns = self._netns(spec)
+        mounts = self._mounts(spec, files.binds) + self._network_files(spec, files)
         config = bundlemod.oci_config(
             spec, rootfs=str(files.rootfs), argv=argv, env=env, cwd=cwd, uid=uid, gid=gid,
             uid_base=meta.uid_base, uid_count=UID_COUNT, cgroups_path=cgroup_path(meta.id),
-            mounts=self._mounts(spec, files.binds), netns=netns,
+            mounts=mounts, netns=str(netns) if netns else None,
+            userns=str(files.userns) if netns else None,
             host_network="host" in spec.networks, hostname=spec.hostname or spec.ref.name)
         (files.root / "config.json").write_text(json.dumps(config, indent=1))
+
+    @staticmethod
+    def _network_files(spec: ContainerSpec, files: CapsuleFiles) -> list[dict[str, object]]:
+        """/etc/hosts and /etc/resolv.conf for a capsule on networks (read-only binds)."""
+        attached = [a for a in spec.attachments if a.endpoint == "netns"]
+        if not attached:
+            return []
+        hostname = spec.hostname or spec.ref.name
+        hosts = ["127.0.0.1 localhost", "::1 localhost ip6-localhost ip6-loopback"]
+        for attachment in attached:
+            for key in ("ip", "ip6"):
+                if attachment.details.get(key):
+                    hosts.append(f"{attachment.details[key]} {hostname}")
+        texts = {"hosts": "\n".join(hosts) + "\n"}
+        servers = [a.details["dns"] for a in attached if a.details.get("dns")]
+        if servers:
+            domains = sorted({a.details["domain"] for a in attached if a.details.get("domain")})
+            texts["resolv.conf"] = ("".join(f"nameserver {s}\n" for s in dict.fromkeys(servers))
+                                    + (f"search {' '.join(domains)}\n" if domains else ""))
+        mounts: list[dict[str, object]] = []
+        for name, text in texts.items():
+            path = files.run_dir / name
+            path.write_text(text)
+            mounts.append({"destination": f"/etc/{name}", "type": "bind", "source": str(path),
+                           "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]})
+        return mounts
 
     @staticmethod
     def _user(spec: ContainerSpec, files: CapsuleFiles) -> tuple[int, int]:
@@ -266,6 +326,7 @@ class CapsuleDriver(ComputeDriver):
                 runtime.call("delete", "--force", meta.id, check=False)
             try:
                 files.mount(meta, self._layer_dirs(meta))
+                self._pin(spec, files, meta.uid_base)  # again after a reboot cleared /run
                 self._write_config(spec, files, meta)
                 files.stopping.unlink(missing_ok=True)
                 run_id = os.urandom(8).hex()
@@ -378,6 +439,7 @@ class CapsuleDriver(ComputeDriver):
             else:
                 runtime = self._runtime(spec)
                 runtime.call("delete", "--force", capsule, check=False)
+            self._unpin(spec, files)
             files.remove()
             remove_cgroup(capsule)
             self._uids().release(capsule)

@@ -72,6 +72,77 @@ def user_namespace_fd(host_base: int, count: int) -> int:
         os.waitpid(pid, 0)
 
 
+CLONE_NEWNET = 0x40000000
+
+
+def pin_namespaces(host_base: int, count: int, userns_path: Path, netns_path: Path) -> None:
+    """Make a user namespace (ids 0..count-1 -> host_base..) and a network namespace it
+    owns, and pin both at the given paths (bind mounts of their nsfs files).
+
+    A capsule on Nova networks joins both: its root then holds CAP_NET_ADMIN and
+    CAP_NET_RAW over its own network namespace (ping, low ports, its own firewall),
+    while the network driver (host root) plugs interfaces into that namespace.
+    """
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(ready_r)
+            os.close(go_w)
+            if _libc.unshare(CLONE_NEWUSER) != 0:
+                os._exit(1)
+            os.write(ready_w, b"1")
+            if os.read(go_r, 1) != b"1" or _libc.unshare(CLONE_NEWNET) != 0:
+                os._exit(1)
+            os.write(ready_w, b"2")
+            time.sleep(30)
+        finally:
+            os._exit(0)
+    os.close(ready_w)
+    os.close(go_r)
+    made: list[Path] = []
+    try:
+        if os.read(ready_r, 1) != b"1":
+            raise NovaError("could not create the capsule's user namespace")
+        Path(f"/proc/{pid}/uid_map").write_text(f"0 {host_base} {count}\n")
+        Path(f"/proc/{pid}/setgroups").write_text("deny")
+        Path(f"/proc/{pid}/gid_map").write_text(f"0 {host_base} {count}\n")
+        os.write(go_w, b"1")
+        if os.read(ready_r, 1) != b"2":
+            raise NovaError("could not create the capsule's network namespace")
+        for kind, target in (("user", userns_path), ("net", netns_path)):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.touch(exist_ok=True)
+            made.append(target)
+            if _libc.mount(os.fsencode(f"/proc/{pid}/ns/{kind}"), os.fsencode(target), None,
+                           MS_BIND, None) != 0:
+                raise _error(f"pinning the capsule's {kind} namespace at {target}")
+    except BaseException:
+        for target in made:
+            unpin(target)
+        raise
+    finally:
+        os.close(ready_r)
+        os.close(go_w)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
+def is_pinned(path: Path) -> bool:
+    """True if ``path`` holds a namespace (an nsfs bind mount, not the bare file)."""
+    try:
+        return os.stat(path).st_dev != os.stat(path.parent).st_dev
+    except OSError:
+        return False
+
+
+def unpin(path: Path) -> None:
+    """Release a pinned namespace; fine if it is not there."""
+    unmount(path)
+    path.unlink(missing_ok=True)
+
+
 def idmapped_bind(source: Path, target: Path, userns_fd: int) -> None:
     """Bind ``source`` at ``target`` with the id mapping of ``userns_fd``."""
     tree = _libc.syscall(SYS_OPEN_TREE, AT_FDCWD, os.fsencode(source),

@@ -1,0 +1,192 @@
+"""One dnsmasq per network: DNS for instance names, DHCP reservations for VMs.
+
+```
+/run/nova-net-HASH/BRIDGE/      (0755: dnsmasq reads it after dropping to nobody)
+  dnsmasq.conf
+  hosts/KIND.NAME               "IP NAME NAME.PROJECT.nova" (hostsdir: read on change)
+  dhcp/KIND.NAME                "MAC,IP,NAME" (dhcp-hostsdir: read on change)
+  leases  supervisor.pid
+NOVA_HOME/drivers/bridge/dns/PROJECT-NAME.log   what dnsmasq and its supervisor said
+```
+
+dnsmasq binds only the bridge's addresses. A two-line ``sh`` loop supervises it
+(restarting it a second after it dies); :meth:`DnsService.ensure_running` restarts
+the supervisor itself if that died too, and ``nova up`` calls it through the
+driver's status. New names are picked up by dnsmasq's inotify on the folders; a
+removed name needs a SIGHUP (a reload, not a restart).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from nova_bridge.records import Lease, NetworkRecord
+from nova_core.errors import NovaError
+from nova_core.hostinfo.ports import sockets
+
+SUPERVISOR = ("trap 'kill -TERM $child 2>/dev/null; wait $child; exit 0' TERM INT\n"
+              "while :; do dnsmasq -k --conf-file=\"$1\" & child=$!; wait $child; sleep 1; done\n")
+
+
+def _alive(pid: int, marker: str) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+    return marker in cmdline
+
+
+class DnsService:
+    """The dnsmasq of one network."""
+
+    def __init__(self, folder: Path, log: Path) -> None:
+        self.folder = folder
+        self.conf = folder / "dnsmasq.conf"
+        self.hosts = folder / "hosts"
+        self.dhcp = folder / "dhcp"
+        self.pidfile = folder / "supervisor.pid"
+        self.log = log
+
+    @staticmethod
+    def wanted(record: NetworkRecord) -> bool:
+        """A network runs dnsmasq for DNS (``dns = true``) or DHCP (a VM is attached)."""
+        return bool(record.dns or any(lease.endpoint == "tap" for lease in record.leases.values()))
+
+    def config(self, record: NetworkRecord) -> str:
+        """dnsmasq's configuration for ``record``."""
+        listen = [a for a in (record.gateway, record.gateway6) if a]
+        lines = ["bind-interfaces", *(f"listen-address={a}" for a in listen), "no-hosts",
+                 f"hostsdir={self.hosts}", f"dhcp-hostsdir={self.dhcp}",
+                 f"dhcp-leasefile={self.folder / 'leases'}", "log-facility=-", "pid-file=",
+                 f"domain={record.domain}", "local=/nova/", "domain-needed", "bogus-priv"]
+        if not record.dns:
+            lines.append("port=0")
+        if record.subnet and ipaddress.ip_network(record.subnet).version == 4:
+            network = ipaddress.ip_network(record.subnet)
+            lines += [f"dhcp-range={network.network_address},static,{network.netmask},12h",
+                      f"dhcp-option=option:router,{record.gateway}"]
+            if record.dns:
+                lines.append(f"dhcp-option=option:dns-server,{record.gateway}")
+        return "\n".join(lines) + "\n"
+
+    def _write(self, path: Path, text: str) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+
+    def sync_files(self, record: NetworkRecord) -> None:
+        """Write the configuration and one hosts (and DHCP) file per lease."""
+        for folder in (self.folder.parent, self.folder, self.hosts, self.dhcp):
+            folder.mkdir(parents=True, exist_ok=True)
+            os.chmod(folder, 0o755)  # dnsmasq reads it after dropping to nobody
+        self._write(self.conf, self.config(record))
+        for lease in record.leases.values():
+            self.add(record, lease, signal_reload=False)
+
+    def add(self, record: NetworkRecord, lease: Lease, signal_reload: bool = True) -> None:
+        """Publish ``lease``'s name (and its DHCP reservation for a VM)."""
+        if not self.hosts.is_dir():
+            return
+        names = f"{lease.name} {lease.name}.{record.domain}"
+        lines = [f"{address} {names}" for address in (lease.ip, lease.ip6) if address]
+        self._write(self.hosts / lease.instance, "\n".join(lines) + "\n")
+        if lease.endpoint == "tap" and lease.ip:
+            self._write(self.dhcp / lease.instance, f"{lease.mac},{lease.ip},{lease.name}\n")
+
+    def remove(self, instance: str) -> None:
+        """Withdraw an instance's name; dnsmasq reloads (SIGHUP), it does not restart."""
+        removed = False
+        for folder in (self.hosts, self.dhcp):
+            if (folder / instance).exists():
+                (folder / instance).unlink()
+                removed = True
+        pid = self.dnsmasq_pid()
+        if removed and pid:
+            os.kill(pid, signal.SIGHUP)
+
+    def supervisor_pid(self) -> int | None:
+        """The supervising shell's PID, if it is alive."""
+        try:
+            pid = int(self.pidfile.read_text())
+        except (OSError, ValueError):
+            return None
+        return pid if _alive(pid, str(self.conf)) else None
+
+    def dnsmasq_pid(self) -> int | None:
+        """The running dnsmasq's PID, if any."""
+        supervisor = self.supervisor_pid()
+        if supervisor is None:
+            return None
+        try:
+            children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+        except OSError:
+            return None
+        return next((int(c) for c in children if _alive(int(c), "dnsmasq")), None)
+
+    def ensure_running(self, record: NetworkRecord, timeout: float = 5.0) -> None:
+        """Start the supervised dnsmasq unless it runs; wait until it serves."""
+        if self.supervisor_pid() is not None:
+            return
+        binary = shutil.which("dnsmasq")
+        if binary is None:
+            raise NovaError(f"network {record.name} needs dnsmasq for DNS/DHCP, which is not "
+                            "installed", hint="apt-get install dnsmasq-base")
+        self.sync_files(record)
+        test = subprocess.run([binary, "--test", f"--conf-file={self.conf}"],
+                              capture_output=True, text=True)
+        if test.returncode != 0:
+            raise NovaError(f"dnsmasq refuses the configuration of network {record.name}: "
+                            f"{test.stderr.strip()}")
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as log:
+            process = subprocess.Popen(["sh", "-c", SUPERVISOR, "nova-dns", str(self.conf)],
+                                       stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                       start_new_session=True)
+        self.pidfile.write_text(str(process.pid))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                break
+            if self._serving(record):
+                return
+            time.sleep(0.02)
+        self.stop()
+        tail = self.log.read_text(errors="replace").strip().splitlines()[-3:]
+        raise NovaError(f"dnsmasq for network {record.name} did not start: "
+                        f"{' / '.join(tail) or 'no output'}",
+                        hint=f"is something else bound to {record.gateway} port 53 or 67?")
+
+    def _serving(self, record: NetworkRecord) -> bool:
+        pid = self.dnsmasq_pid()
+        if pid is None:
+            return False
+        if not record.dns:
+            return True
+        bound = {address for address, port in sockets("udp") if port == 53}
+        return bool({record.gateway, record.gateway6} & bound)
+
+    def stop(self) -> None:
+        """Stop the supervisor and dnsmasq, and remove the folder."""
+        supervisor = self.supervisor_pid()
+        if supervisor is not None:
+            child = self.dnsmasq_pid()
+            os.kill(supervisor, signal.SIGTERM)
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline and (
+                    _alive(supervisor, str(self.conf)) or (child and _alive(child, "dnsmasq"))):
+                time.sleep(0.01)
+            for pid in (supervisor, child):
+                if pid and _alive(pid, str(self.conf) if pid == supervisor else "dnsmasq"):
+                    os.kill(pid, signal.SIGKILL)
+            try:
+                os.waitpid(supervisor, os.WNOHANG)  # reap it if it was ours
+            except ChildProcessError:
+                pass
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -1,0 +1,256 @@
+"""Links, addresses and routes through netlink (pyroute2's IPRoute), never by parsing ``ip``.
+
+Interface names are short hashes (IFNAMSIZ is 15): ``nvb*`` bridges, ``nvv*``
+host ends of veth pairs, ``nvt*`` taps, ``nvx*`` VXLAN devices. The hash covers
+NOVA_HOME, so two Nova homes on one host (or one test per home) never collide.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import ipaddress
+import os
+import struct
+from pathlib import Path
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from nova_core.errors import NovaError
+from nova_core.hostinfo import netns
+
+BRIDGE_PREFIX = "nvb"
+
+
+def link_name(prefix: str, nova_home: Path, *parts: str) -> str:
+    """``prefix`` plus 10 hex digits of a hash of NOVA_HOME and ``parts``."""
+    digest = hashlib.sha256("\0".join([str(nova_home.resolve()), *parts]).encode())
+    return prefix + digest.hexdigest()[:10]
+
+
+def mac_address(*parts: str) -> str:
+    """A stable, locally administered unicast MAC (52:54:00 like QEMU's, then a hash)."""
+    digest = hashlib.sha256("\0".join(parts).encode()).digest()
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
+
+
+def _index(ipr: IPRoute, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return found[0] if found else None
+
+
+def _fail(what: str, error: NetlinkError) -> NovaError:
+    return NovaError(f"{what}: {os.strerror(error.code) if error.code else error}")
+
+
+class Links:
+    """One netlink socket in the host's network namespace."""
+
+    def __init__(self) -> None:
+        self.ipr = IPRoute()
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.ipr.close()
+
+    def __enter__(self) -> Links:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- observing -----------------------------------------------------------------
+    def exists(self, name: str) -> bool:
+        """True if a link called ``name`` exists."""
+        return _index(self.ipr, name) is not None
+
+    def is_up(self, name: str) -> bool:
+        """True if the link exists and is administratively up."""
+        index = _index(self.ipr, name)
+        if index is None:
+            return False
+        return bool(self.ipr.get_links(index)[0]["flags"] & 1)
+
+    def taken_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """Every routed destination and every address's network on the host."""
+        taken: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for route in self.ipr.get_routes(table=0):  # all tables
+            dst = route.get("dst")
+            if dst and route["dst_len"] > 0:
+                taken.append(ipaddress.ip_network(f"{dst}/{route['dst_len']}", strict=False))
+        for addr in self.ipr.get_addr():
+            taken.append(ipaddress.ip_network(f"{addr.get('address')}/{addr['prefixlen']}",
+                                              strict=False))
+        return taken
+
+    def uplink_problem(self, name: str) -> str | None:
+        """Why enslaving ``name`` would cut the host off, or None if it would not."""
+        index = _index(self.ipr, name)
+        if index is None:
+            return f"interface {name} does not exist"
+        addresses = [a.get("address") for a in self.ipr.get_addr(index=index)
+                     if not str(a.get("address", "")).startswith("fe80:")]
+        defaults = [r for r in self.ipr.get_routes(table=254) if r["dst_len"] == 0 and
+                    r.get("oif") == index]
+        reasons = []
+        if addresses:
+            reasons.append(f"it has the host's address{'es' if len(addresses) > 1 else ''} "
+                           f"{', '.join(map(str, addresses))}")
+        if defaults:
+            reasons.append("the host's default route goes through it")
+        return " and ".join(reasons) or None
+
+    # -- making ----------------------------------------------------------------------
+    def ensure_bridge(self, name: str, mtu: int | None,
+                      addresses: list[tuple[str, int]]) -> None:
+        """Make the bridge (up, with ``addresses``); repairs a half-made one."""
+        try:
+            if _index(self.ipr, name) is None:
+                fields = {"mtu": mtu} if mtu else {}
+                self.ipr.link("add", ifname=name, kind="bridge", state="up", **fields)
+            index = _index(self.ipr, name)
+            self.ipr.link("set", index=index, state="up")
+            have = {(a.get("address"), a["prefixlen"]) for a in self.ipr.get_addr(index=index)}
+            for address, prefix in addresses:
+                if (address, prefix) not in have:
+                    self.ipr.addr("add", index=index, address=address, prefixlen=prefix)
+        except NetlinkError as error:
+            raise _fail(f"making bridge {name}", error) from error
+
+    def delete(self, name: str) -> None:
+        """Delete a link; fine if it is gone."""
+        try:
+            self.ipr.link("del", ifname=name)
+        except NetlinkError as error:
+            if error.code != 19:  # ENODEV
+                raise _fail(f"deleting {name}", error) from error
+
+    def enslave(self, name: str, bridge: str) -> None:
+        """Put an uplink under the bridge."""
+        try:
+            self.ipr.link("set", index=_index(self.ipr, name), master=_index(self.ipr, bridge),
+                          state="up")
+        except NetlinkError as error:
+            raise _fail(f"adding {name} to {bridge}", error) from error
+
+    def release(self, name: str) -> None:
+        """Take an uplink out of its bridge; fine if it is gone."""
+        index = _index(self.ipr, name)
+        if index is not None:
+            self.ipr.link("set", index=index, master=0)
+
+    def add_veth(self, host: str, bridge: str, namespace: Path, inner: str, mac: str,
+                 mtu: int | None) -> None:
+        """A veth pair: ``host`` on the bridge, ``inner`` (with ``mac``) in ``namespace``."""
+        fd = os.open(namespace, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fields = {"mtu": mtu} if mtu else {}
+            self.ipr.link("add", ifname=host, kind="veth", master=_index(self.ipr, bridge),
+                          state="up", peer={"ifname": inner, "net_ns_fd": fd, "address": mac,
+                                            **fields}, **fields)
+        except NetlinkError as error:
+            raise _fail(f"making veth {host} into {namespace}", error) from error
+        finally:
+            os.close(fd)
+
+    def add_tap(self, name: str, bridge: str, mtu: int | None) -> None:
+        """A persistent tap (no packet-info header, vnet header on: what QEMU opens)."""
+        if _index(self.ipr, name) is None:
+            make_tap(name)
+        try:
+            fields = {"mtu": mtu} if mtu else {}
+            self.ipr.link("set", index=_index(self.ipr, name), master=_index(self.ipr, bridge),
+                          state="up", **fields)
+        except NetlinkError as error:
+            raise _fail(f"adding tap {name} to {bridge}", error) from error
+
+    def ensure_vxlan(self, name: str, bridge: str, vni: int, port: int, local: str | None,
+                     peers: list[str], mtu: int | None) -> None:
+        """A VXLAN device on the bridge that floods to each of ``peers``."""
+        try:
+            if _index(self.ipr, name) is None:
+                fields: dict[str, object] = {"vxlan_id": vni, "vxlan_port": port,
+                                             "vxlan_learning": 1}
+                if local:
+                    fields["vxlan_local"] = local
+                if mtu:
+                    fields["mtu"] = mtu
+                self.ipr.link("add", ifname=name, kind="vxlan", master=_index(self.ipr, bridge),
+                              state="up", **fields)
+            index = _index(self.ipr, name)
+            have = {entry.get("NDA_DST") for entry in self.ipr.fdb("dump", ifindex=index)
+                    if entry.get("NDA_LLADDR") == "00:00:00:00:00:00"}
+            for peer in peers:
+                if peer not in have:
+                    self.ipr.fdb("append", ifindex=index, lladdr="00:00:00:00:00:00", dst=peer)
+        except NetlinkError as error:
+            raise _fail(f"making VXLAN device {name}", error) from error
+
+
+UNPRIVILEGED_SYSCTLS = {"net/ipv4/ip_unprivileged_port_start": "0",
+                        "net/ipv4/ping_group_range": "0 2147483647"}
+
+
+def configure_inside(namespace: Path, inner: str, addresses: list[tuple[str, int]],
+                     gateways: list[str], default_route: bool) -> None:
+    """Bring ``inner`` and lo up inside ``namespace``, with addresses and default routes."""
+
+    def work() -> None:
+        # The namespace belongs to host root, not to the capsule's user namespace, so
+        # capsule root's capabilities do not reach it: let it bind low ports and ping
+        # (as docker and podman configure theirs). Written from inside the namespace.
+        for knob, value in UNPRIVILEGED_SYSCTLS.items():
+            Path("/proc/sys", knob).write_text(value + "\n")
+        with IPRoute() as ipr:
+            index = _index(ipr, inner)
+            loopback = _index(ipr, "lo")
+            if index is None or loopback is None:
+                raise NovaError(f"{inner} is missing in {namespace}")
+            ipr.link("set", index=loopback, state="up")
+            for address, prefix in addresses:
+                ipr.addr("replace", index=index, address=address, prefixlen=prefix)
+            ipr.link("set", index=index, state="up")
+            if default_route:
+                for gateway in gateways:
+                    ipr.route("replace", dst="default", gateway=gateway, oif=index,
+                              family=6 if ":" in gateway else 2)
+
+    try:
+        netns.run_inside(namespace, work)
+    except NetlinkError as error:
+        raise _fail(f"configuring {inner} in {namespace}", error) from error
+
+
+def links_inside(namespace: Path) -> list[str]:
+    """Interface names inside ``namespace`` (besides lo)."""
+
+    def work() -> list[str]:
+        with IPRoute() as ipr:
+            return [link.get("ifname") for link in ipr.get_links() if link.get("ifname") != "lo"]
+
+    return netns.run_inside(namespace, work)
+
+
+TUNSETIFF = 0x400454CA
+TUNSETPERSIST = 0x400454CB
+IFF_TAP = 0x0002
+IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+
+
+def make_tap(name: str) -> None:
+    """Create a persistent tap device through /dev/net/tun (netlink cannot make taps)."""
+    try:
+        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    except OSError as error:
+        raise NovaError(f"cannot open /dev/net/tun to make tap {name}: {error.strerror}",
+                        hint="modprobe tun") from error
+    try:
+        request = struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
+        fcntl.ioctl(fd, TUNSETIFF, request)
+        fcntl.ioctl(fd, TUNSETPERSIST, 1)
+    except OSError as error:
+        raise NovaError(f"making tap {name}: {error.strerror}") from error
+    finally:
+        os.close(fd)
