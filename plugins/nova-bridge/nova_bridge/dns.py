@@ -60,8 +60,11 @@ class DnsService:
 
     def config(self, record: NetworkRecord) -> str:
         """dnsmasq's configuration for ``record``."""
-        listen = [a for a in (record.gateway, record.gateway6) if a]
-        lines = ["bind-interfaces", *(f"listen-address={a}" for a in listen), "no-hosts",
+        # Only the bridge: DNS on its addresses (the gateways, and its link-local IPv6),
+        # DHCP on a socket bound to the bridge device, so one dnsmasq per network coexists
+        # with the others and with a resolver on the host's loopback.
+        lines = ["bind-interfaces", f"interface={record.bridge}", "except-interface=lo",
+                 "no-hosts",
                  f"hostsdir={self.hosts}", f"dhcp-hostsdir={self.dhcp}",
                  f"dhcp-leasefile={self.folder / 'leases'}", "log-facility=-", "pid-file=",
                  f"domain={record.domain}", "local=/nova/", "domain-needed", "bogus-priv"]
@@ -76,7 +79,7 @@ class DnsService:
         return "\n".join(lines) + "\n"
 
     def _write(self, path: Path, text: str) -> None:
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = self.folder / f".{path.parent.name}-{path.name}.tmp"  # not in a watched folder
         tmp.write_text(text)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
@@ -130,10 +133,29 @@ class DnsService:
             return None
         return next((int(c) for c in children if _alive(int(c), "dnsmasq")), None)
 
+    def _strays(self) -> list[int]:
+        """dnsmasq processes of this network whose supervisor is gone."""
+        marker = f"--conf-file={self.conf}"
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and _alive(int(entry), marker):
+                argv0 = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0", 1)[0]
+                if os.path.basename(argv0) == b"dnsmasq":
+                    found.append(int(entry))
+        return found
+
+    def _kill_strays(self) -> None:
+        for pid in self._strays():
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 2
+        while self._strays() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
     def ensure_running(self, record: NetworkRecord, timeout: float = 5.0) -> None:
         """Start the supervised dnsmasq unless it runs; wait until it serves."""
         if self.supervisor_pid() is not None:
             return
+        self._kill_strays()  # a dnsmasq whose supervisor was killed still holds the ports
         binary = shutil.which("dnsmasq")
         if binary is None:
             raise NovaError(f"network {record.name} needs dnsmasq for DNS/DHCP, which is not "
@@ -189,4 +211,9 @@ class DnsService:
                 os.waitpid(supervisor, os.WNOHANG)  # reap it if it was ours
             except ChildProcessError:
                 pass
+        self._kill_strays()
         shutil.rmtree(self.folder, ignore_errors=True)
+        try:
+            self.folder.parent.rmdir()  # the NOVA_HOME's folder, once its last network is gone
+        except OSError:
+            pass

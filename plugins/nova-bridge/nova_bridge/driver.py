@@ -274,7 +274,7 @@ class BridgeDriver(NetworkDriver):
                 "gateway": record.gateway or ""}
         if record.subnet6:
             data.update(subnet6=record.subnet6, gateway6=record.gateway6 or "")
-        return ResourceStatus(ref=spec.ref, state=Lifecycle.RUNNING, detail=detail,
+        return ResourceStatus(ref=spec.ref, state=Lifecycle.CREATED, detail=detail,
                               data={k: v for k, v in data.items() if v})
 
     def update(self, spec: NetworkSpec, changed: frozenset[str]) -> ResourceStatus:

@@ -104,11 +104,17 @@ class Links:
     # -- making ----------------------------------------------------------------------
     def ensure_bridge(self, name: str, mtu: int | None,
                       addresses: list[tuple[str, int]]) -> None:
-        """Make the bridge (up, with ``addresses``); repairs a half-made one."""
+        """Make the bridge (up, with ``addresses``); repairs a half-made one.
+
+        Its MAC address is set explicitly: otherwise a bridge takes the lowest MAC of
+        its ports, so plugging in an instance could change the gateway's MAC under
+        every other instance's ARP cache (seconds without connectivity).
+        """
         try:
             if _index(self.ipr, name) is None:
                 fields = {"mtu": mtu} if mtu else {}
-                self.ipr.link("add", ifname=name, kind="bridge", state="up", **fields)
+                self.ipr.link("add", ifname=name, kind="bridge", state="up",
+                              address=mac_address("bridge", name), **fields)
             index = _index(self.ipr, name)
             self.ipr.link("set", index=index, state="up")
             have = {(a.get("address"), a["prefixlen"]) for a in self.ipr.get_addr(index=index)}

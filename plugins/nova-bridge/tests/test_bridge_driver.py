@@ -1,0 +1,402 @@
+"""The bridge driver against the real kernel (netlink), nftables and dnsmasq.
+
+No capsule or VM runs here: instances are specs, and where something must sit on
+the network (a DHCP client, a DNS client) it runs in a namespace the test made.
+End-to-end tests with real capsules are in the repository's tests/test_networks.py.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from nova_bridge import firewall
+from nova_bridge.driver import BridgeDriver, BridgeOptions, VxlanDriver, VxlanOptions
+from nova_bridge.links import Links
+from nova_bridge.records import Ledger
+from nova_bridge.testing import make_outside_host
+from pyroute2 import IPRoute
+
+from nova_core.drivers.base import DriverContext
+from nova_core.drivers.models import (
+    ContainerSpec,
+    Lifecycle,
+    NetworkAttachment,
+    NetworkSpec,
+    PortMapping,
+    ResourceKind,
+    ResourceRef,
+    VmSpec,
+)
+from nova_core.errors import NovaError
+from nova_core.hostinfo import netns
+from nova_core.testing.contracts import NetworkDriverContract
+
+
+def network(name: str = "lan", project: str = "brt", **fields: object) -> NetworkSpec:
+    options = fields.pop("options", {})
+    return NetworkSpec(ref=ResourceRef(project=project, kind=ResourceKind.NETWORK, name=name),
+                       driver="bridge", base_dir=Path("/"), options=BridgeOptions(**options),
+                       **fields)
+
+
+def capsule(name: str, net: str = "lan", project: str = "brt", **fields: object) -> ContainerSpec:
+    return ContainerSpec(ref=ResourceRef(project=project, kind=ResourceKind.CONTAINER, name=name),
+                         driver="capsule", base_dir=Path("/"), networks=[net], **fields)
+
+
+def vm(name: str, net: str = "lan", project: str = "brt") -> VmSpec:
+    return VmSpec(ref=ResourceRef(project=project, kind=ResourceKind.VM, name=name),
+                  driver="qemu", base_dir=Path("/"), networks=[net])
+
+
+@pytest.fixture
+def driver(nova_home: Path) -> BridgeDriver:
+    return BridgeDriver("bridge", DriverContext(nova_home=nova_home))
+
+
+@pytest.fixture
+def made(driver: BridgeDriver):  # noqa: ANN201
+    """Networks made by the test, deleted afterwards even when it fails."""
+    specs: list[NetworkSpec] = []
+
+    def make(spec: NetworkSpec) -> NetworkSpec:
+        specs.append(spec)
+        driver.create(spec)
+        return spec
+
+    yield make
+    for spec in reversed(specs):
+        driver.delete(spec)
+
+
+class TestBridgeContract(NetworkDriverContract):
+    @pytest.fixture
+    def network_driver(self, driver: BridgeDriver) -> BridgeDriver:
+        return driver
+
+    @pytest.fixture
+    def network_spec(self) -> NetworkSpec:
+        return network("contract", subnet="10.251.7.0/24")
+
+    @pytest.fixture
+    def instance_spec(self) -> ContainerSpec:
+        return capsule("c1", net="contract")
+
+
+def addresses_of(link: str) -> list[str]:
+    with IPRoute() as ipr:
+        index = ipr.link_lookup(ifname=link)[0]
+        return [f"{a.get('address')}/{a['prefixlen']}" for a in ipr.get_addr(index=index)
+                if not a.get('address', '').startswith('fe80:')]
+
+
+def test_automatic_subnet_avoids_host_routes(driver: BridgeDriver, made, nova_home: Path) -> None:
+    with Links() as links:
+        taken = links.taken_networks()
+    spec = made(network())
+    status = driver.status(spec)
+    assert status.state is Lifecycle.CREATED
+    subnet = ipaddress.ip_network(status.data["subnet"])
+    assert subnet.prefixlen == 24 and any(subnet.subnet_of(ipaddress.ip_network(f"10.{n}.0.0/16")) for n in range(90, 100))
+    assert not any(subnet.overlaps(t) for t in taken if t.version == 4 and t.prefixlen)
+    bridge = status.data["bridge"]
+    assert addresses_of(bridge) == [f"{status.data['gateway']}/24"]
+    second = made(network("lan2"))
+    assert driver.status(second).data["subnet"] != str(subnet)  # never the same /24 twice
+    table = firewall.table_name(nova_home)
+    rules = subprocess.run(["nft", "list", "table", "inet", table], capture_output=True,
+                           text=True, check=True).stdout
+    assert f'ip saddr {subnet} oifname != "{bridge}" masquerade' in rules
+    assert Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() == "1"
+
+
+def test_subnet_gateway_and_overlap_errors(driver: BridgeDriver, made) -> None:
+    made(network("a", subnet="10.251.1.0/24", gateway="10.251.1.254"))
+    assert driver.status(network("a")).data["gateway"] == "10.251.1.254"
+    with pytest.raises(NovaError, match="overlaps network a"):
+        driver.create(network("b", subnet="10.251.1.128/25"))
+    with pytest.raises(NovaError, match="gateway 10.9.9.9 is not in 10.251.2.0/24"):
+        driver.create(network("c", subnet="10.251.2.0/24", gateway="10.9.9.9"))
+    assert Ledger(driver.context.nova_home).get("brt", "c") is None
+
+
+def test_ipam_static_next_free_conflicts_and_release(driver: BridgeDriver, made) -> None:
+    spec = made(network(subnet="10.251.3.0/29"))  # hosts .1-.6; .1 is the gateway
+    first = driver.attach(spec, capsule("a"))
+    static = driver.attach(spec, capsule("b", ip="10.251.3.5"))
+    assert (first.details["ip"], static.details["ip"]) == ("10.251.3.2", "10.251.3.5")
+    with pytest.raises(NovaError, match="10.251.3.5 on network lan is already taken by container.b"):
+        driver.attach(spec, capsule("c", ip="10.251.3.5"))
+    with pytest.raises(NovaError, match="not in network lan's subnet"):
+        driver.attach(spec, capsule("d", ip="10.9.0.1"))
+    others = [driver.attach(spec, capsule(n)) for n in ("e", "f", "g")]
+    assert sorted(a.details["ip"] for a in others) == ["10.251.3.3", "10.251.3.4", "10.251.3.6"]
+    with pytest.raises(NovaError, match="no free address left"):
+        driver.attach(spec, capsule("h"))
+    driver.detach(spec, first)
+    again = driver.attach(spec, capsule("i"))
+    assert again.details["ip"] == "10.251.3.2"  # released and reused
+    inside = subprocess.run(["ip", "-n", Path(static.details["netns"]).name, "-j", "addr"],
+                            capture_output=True, text=True, check=True).stdout
+    eth0 = next(i for i in json.loads(inside) if i["ifname"] == "eth0")
+    assert [a["local"] for a in eth0["addr_info"] if a["family"] == "inet"] == ["10.251.3.5"]
+    for attachment in [static, again, *others]:
+        driver.detach(spec, attachment)
+    assert not [p for p in netns.NETNS_DIR.iterdir() if p.name.startswith("nova-")
+                and "brt" in p.name]
+
+
+def test_a_capsule_on_two_networks_gets_eth0_and_eth1(driver: BridgeDriver, made) -> None:
+    one = made(network("one", subnet="10.251.4.0/24"))
+    two = made(network("two", subnet="10.251.5.0/24"))
+    spec = capsule("multi", net="one").model_copy(update={"networks": ["one", "two"]})
+    first, second = driver.attach(one, spec), driver.attach(two, spec)
+    assert (first.details["interface"], second.details["interface"]) == ("eth0", "eth1")
+    assert first.details["netns"] == second.details["netns"]
+    routes = subprocess.run(["ip", "-n", Path(first.details["netns"]).name, "route"],
+                            capture_output=True, text=True, check=True).stdout
+    assert "default via 10.251.4.1 dev eth0" in routes and "10.251.5.1" not in routes
+    driver.detach(one, first)
+    assert netns.exists(Path(second.details["netns"]))  # eth1 still lives there
+    driver.detach(two, second)
+    assert not netns.exists(Path(second.details["netns"]))
+
+
+def test_enslaving_the_hosts_uplink_is_refused_unless_forced(nova_home: Path) -> None:
+    subprocess.run(["ip", "link", "add", "nvtestup0", "type", "veth", "peer", "name", "nvtestup1"],
+                   check=True)
+    try:
+        subprocess.run(["ip", "addr", "add", "198.18.77.1/24", "dev", "nvtestup0"], check=True)
+        careful = BridgeDriver("bridge", DriverContext(nova_home=nova_home))
+        spec = network("up", subnet="10.251.6.0/24", interfaces=["nvtestup0"])
+        with pytest.raises(NovaError, match="would cut the host's connectivity: it has the "
+                                            "host's address 198.18.77.1"):
+            careful.create(spec)
+        assert careful.status(spec).state is Lifecycle.MISSING
+        with pytest.raises(NovaError, match="interface nvnosuch0 does not exist"):
+            careful.create(network("up2", interfaces=["nvnosuch0"]))
+        forced = BridgeDriver("bridge", DriverContext(nova_home=nova_home, force=True))
+        forced.create(spec)
+        try:
+            master = Path("/sys/class/net/nvtestup0/master").resolve().name
+            assert master == forced.status(spec).data["bridge"]
+        finally:
+            forced.delete(spec)
+        assert not Path("/sys/class/net/nvtestup0/master").exists()  # released, not deleted
+    finally:
+        subprocess.run(["ip", "link", "del", "nvtestup0"], check=False)
+
+
+def dig(outside_ns: Path, server: str, name: str) -> list[str]:
+    """A/AAAA answers for ``name`` from ``server``, asked from inside ``outside_ns``."""
+    code = ("import socket,struct,sys\n"
+            "q=b'\\x12\\x34\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00'+b''.join("
+            "bytes([len(p)])+p.encode() for p in sys.argv[2].split('.'))+b'\\x00\\x00\\x01\\x00\\x01'\n"
+            "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.settimeout(1)\n"
+            "for attempt in range(3):\n"
+            "    s.sendto(q,(sys.argv[1],53))\n"
+            "    try:\n        r=s.recv(512); break\n"
+            "    except TimeoutError:\n        if attempt == 2: raise\n"
+            "n=struct.unpack('>H',r[6:8])[0];print(r[3]&15, n)\n"
+            "print(' '.join(socket.inet_ntoa(r[-4:]) for _ in range(min(n,1))))\n")
+    done = subprocess.run(["nsenter", f"--net={outside_ns}", sys.executable, "-c", code,
+                           server, name], capture_output=True, text=True, timeout=10)
+    assert done.returncode == 0, done.stderr
+    rcode, count = done.stdout.split("\n")[0].split()
+    return done.stdout.split("\n")[1].split() if rcode == "0" and int(count) else []
+
+
+def test_dns_names_come_and_go_without_a_restart(driver: BridgeDriver, made) -> None:
+    spec = made(network(subnet="10.251.8.0/24", dns=True))
+    web = driver.attach(spec, capsule("web"))
+    probe = driver.attach(spec, capsule("probe"))
+    namespace = Path(probe.details["netns"])
+    service = driver.dns_service(Ledger(driver.context.nova_home).get("brt", "lan"))
+    pid = service.dnsmasq_pid()
+    assert pid is not None
+    assert dig(namespace, "10.251.8.1", "web") == [web.details["ip"]]
+    assert dig(namespace, "10.251.8.1", "web.brt.nova") == [web.details["ip"]]
+    late = driver.attach(spec, capsule("late"))
+    deadline = time.monotonic() + 3
+    while dig(namespace, "10.251.8.1", "late") != [late.details["ip"]]:
+        assert time.monotonic() < deadline, "a new instance's name never resolved"
+        time.sleep(0.05)
+    driver.detach(spec, web)
+    assert dig(namespace, "10.251.8.1", "web") == []
+    assert service.dnsmasq_pid() == pid  # reloaded, never restarted
+    sockets = subprocess.run(["ss", "-Hlnup"], capture_output=True, text=True).stdout
+    bound = [line.split()[3] for line in sockets.splitlines() if f"pid={pid}," in line]
+    bridge = web.details["bridge"]
+    assert "10.251.8.1:53" in bound and f"0.0.0.0%{bridge}:67" in bound
+    assert all(b.startswith(("10.251.8.1:", "[fe80::")) or f"%{bridge}:" in b for b in bound), bound
+    for attachment in (probe, late):
+        driver.detach(spec, attachment)
+
+
+def test_dnsmasq_is_supervised(driver: BridgeDriver, made) -> None:
+    spec = made(network(subnet="10.251.9.0/24", dns=True))
+    service = driver.dns_service(Ledger(driver.context.nova_home).get("brt", "lan"))
+    first = service.dnsmasq_pid()
+    os.kill(first, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while service.dnsmasq_pid() in (None, first):
+        assert time.monotonic() < deadline, "the supervisor did not restart dnsmasq"
+        time.sleep(0.05)
+    orphan = service.dnsmasq_pid()
+    os.kill(service.supervisor_pid(), signal.SIGKILL)  # dnsmasq lives on, holding the ports
+    time.sleep(0.1)
+    status = driver.status(spec)
+    assert "dnsmasq had stopped; restarted" in status.detail
+    assert service.dnsmasq_pid() not in (None, orphan)
+    assert not Path(f"/proc/{orphan}/cmdline").exists() or \
+        not Path(f"/proc/{orphan}/cmdline").read_bytes()  # the orphan was put down
+
+
+def test_a_vm_gets_its_reserved_address_by_dhcp(driver: BridgeDriver, made) -> None:
+    """The tap is real; the "VM" is a namespace with a veth on the bridge that carries the
+    tap's MAC address and runs busybox's DHCP client, since no QEMU runs in this test."""
+    spec = made(network(subnet="10.251.10.0/24"))
+    attachment = driver.attach(spec, vm("guest"))
+    tap = attachment.details["tap"]
+    flags = Path(f"/sys/class/net/{tap}/tun_flags").read_text().strip()
+    assert int(flags, 16) & 0x1000  # IFF_NO_PI: QEMU can open it
+    assert Path(f"/sys/class/net/{tap}/master").resolve().name == attachment.details["bridge"]
+    guest = netns.create(netns.NETNS_DIR / "nvtest-dhcp")
+    try:
+        subprocess.run(["ip", "link", "add", "nvtestdh0", "master", attachment.details["bridge"],
+                        "type", "veth", "peer", "name", "eth0", "netns", guest.name,
+                        "address", attachment.details["mac"]], check=True)
+        subprocess.run(["ip", "link", "set", "nvtestdh0", "up"], check=True)
+        subprocess.run(["ip", "-n", guest.name, "link", "set", "eth0", "up"], check=True)
+        script = guest.parent.parent / "nvtest-udhcpc.sh"
+        script.write_text('#!/bin/sh\n[ "$1" = bound ] && echo "lease $ip router $router"\n')
+        script.chmod(0o755)
+        try:
+            done = subprocess.run(["nsenter", f"--net={guest}", "busybox", "udhcpc", "-i", "eth0",
+                                   "-n", "-q", "-f", "-t", "5", "-s", str(script)],
+                                  capture_output=True, text=True, timeout=30)
+        finally:
+            script.unlink()
+        assert f"lease {attachment.details['ip']} router 10.251.10.1" in done.stdout, done
+    finally:
+        subprocess.run(["ip", "link", "del", "nvtestdh0"], check=False)
+        netns.delete(guest)
+    driver.detach(spec, attachment)
+    assert not Path(f"/sys/class/net/{tap}").exists()
+
+
+def test_isolated_networks_and_nat_rules(driver: BridgeDriver, made, nova_home: Path) -> None:
+    made(network("iso", subnet="10.251.11.0/24", options={"isolated": True}))
+    made(network("nonat", subnet="10.251.12.0/24", options={"nat": False}))
+    rules = subprocess.run(["nft", "list", "table", "inet", firewall.table_name(nova_home)],
+                           capture_output=True, text=True, check=True).stdout
+    assert "10.251.11.0/24" not in rules.split("chain postrouting")[1]  # no NAT at all
+    assert "iso: isolated, nothing leaves" in rules and "iso: isolated, nothing enters" in rules
+    assert "nonat: outbound NAT" not in rules and "nonat: no traffic to other Nova networks" in rules
+
+
+def test_ports_are_published_only_while_running(driver: BridgeDriver, made,
+                                                nova_home: Path) -> None:
+    spec = made(network(subnet="10.251.13.0/24"))
+    web = capsule("web", ports=[PortMapping(host_port=18181, target_port=80),
+                                PortMapping(host_ip="127.0.0.1", host_port=15353,
+                                            target_port=53, protocol="udp")])
+    attachment = driver.attach(spec, web)
+
+    def dnat_rules() -> list[str]:
+        rules = subprocess.run(["nft", "list", "table", "inet", firewall.table_name(nova_home)],
+                               capture_output=True, text=True, check=True).stdout
+        return [line.strip() for line in rules.splitlines() if "dnat ip" in line]
+
+    assert dnat_rules() == []
+    driver.instance_started(spec, attachment, web)
+    published = dnat_rules()
+    assert f"tcp dport 18181 dnat ip to {attachment.details['ip']}:80" in " ".join(published)
+    assert "ip daddr 127.0.0.1 udp dport 15353" in " ".join(published)
+    assert len(published) == 4  # prerouting and output, two ports
+    driver.instance_stopped(spec, attachment, web)
+    assert dnat_rules() == []
+    driver.instance_started(spec, attachment, web)
+    driver.detach(spec, attachment)  # an instance removed while running
+    assert dnat_rules() == []
+
+
+def test_a_crash_while_creating_is_repaired(driver: BridgeDriver, nova_home: Path) -> None:
+    """The process dies between making the bridge and loading its rules; the next
+    create finishes the job and delete leaves nothing."""
+    code = ("import os,sys\n"
+            "from pathlib import Path\n"
+            "from nova_bridge import firewall\n"
+            "from nova_bridge.driver import BridgeDriver, BridgeOptions\n"
+            "from nova_core.drivers.base import DriverContext\n"
+            "from nova_core.drivers.models import NetworkSpec, ResourceRef, ResourceKind\n"
+            "firewall.apply = lambda *a: os._exit(70)\n"
+            "spec = NetworkSpec(ref=ResourceRef(project='brt', kind=ResourceKind.NETWORK, name='lan'),"
+            " driver='bridge', base_dir=Path('/'), options=BridgeOptions(), subnet='10.251.14.0/24')\n"
+            "BridgeDriver('bridge', DriverContext(nova_home=Path(sys.argv[1]))).create(spec)\n")
+    crashed = subprocess.run([sys.executable, "-c", code, str(nova_home)], capture_output=True,
+                             text=True)
+    assert crashed.returncode == 70, crashed.stderr
+    spec = network(subnet="10.251.14.0/24")
+    record = Ledger(nova_home).get("brt", "lan")
+    assert record is not None and Path(f"/sys/class/net/{record.bridge}").exists()
+    assert not firewall.table_exists(firewall.table_name(nova_home))
+    try:
+        assert driver.create(spec).state is Lifecycle.CREATED
+        assert firewall.table_exists(firewall.table_name(nova_home))
+    finally:
+        driver.delete(spec)
+    assert not Path(f"/sys/class/net/{record.bridge}").exists()
+    assert not firewall.table_exists(firewall.table_name(nova_home))
+
+
+def test_vxlan_device_floods_to_its_peers(nova_home: Path) -> None:
+    driver = VxlanDriver("vxlan", DriverContext(nova_home=nova_home))
+    spec = NetworkSpec(ref=ResourceRef(project="brt", kind=ResourceKind.NETWORK, name="ov"),
+                       driver="vxlan", base_dir=Path("/"), type="overlay", subnet="10.251.15.0/24",
+                       options=VxlanOptions(vni=4242, port=4790, peers=["198.18.5.2", "198.18.5.3"]))
+    with pytest.raises(NovaError, match="an overlay needs subnet"):
+        driver.create(spec.model_copy(update={"subnet": None}))
+    driver.create(spec)
+    try:
+        device = Ledger(nova_home).get("brt", "ov").vxlan["device"]
+        details = json.loads(subprocess.run(["ip", "-d", "-j", "link", "show", device],
+                                            capture_output=True, text=True, check=True).stdout)[0]
+        info = details["linkinfo"]["info_data"]
+        assert (info["id"], info["port"]) == (4242, 4790)
+        assert details["master"] == driver.status(spec).data["bridge"]
+        assert details["mtu"] == 1450
+        fdb = subprocess.run(["bridge", "fdb", "show", "dev", device], capture_output=True,
+                             text=True, check=True).stdout
+        assert "00:00:00:00:00:00 dst 198.18.5.2" in fdb and "dst 198.18.5.3" in fdb
+    finally:
+        driver.delete(spec)
+
+
+def test_pending_detach_after_a_crash_cleans_by_name(driver: BridgeDriver, made) -> None:
+    spec = made(network(subnet="10.251.16.0/24"))
+    attachment = driver.attach(spec, capsule("lost"))
+    ledger = Ledger(driver.context.nova_home)
+    record = ledger.get("brt", "lan")
+    record.leases.clear()  # as if the process died after making the links, before recording
+    with ledger.locked():
+        ledger.put(record)
+    driver.detach(spec, NetworkAttachment(network="lan", driver="bridge",
+                                          instance=attachment.instance, endpoint="none"))
+    assert not netns.exists(Path(attachment.details["netns"]))
+
+
+def test_outside_host_helper_reaches_the_host() -> None:
+    outside = make_outside_host("nvtest-out", "198.18.99")
+    try:
+        assert outside.run("busybox", "ping", "-c1", "-W2", outside.host_address).returncode == 0
+    finally:
+        outside.remove()
