@@ -105,7 +105,8 @@ def test_automatic_subnet_avoids_host_routes(driver: BridgeDriver, made, nova_ho
     status = driver.status(spec)
     assert status.state is Lifecycle.CREATED
     subnet = ipaddress.ip_network(status.data["subnet"])
-    assert subnet.prefixlen == 24 and any(subnet.subnet_of(ipaddress.ip_network(f"10.{n}.0.0/16")) for n in range(90, 100))
+    assert subnet.prefixlen == 24
+    assert any(subnet.subnet_of(ipaddress.ip_network(f"10.{n}.0.0/16")) for n in range(90, 100))
     assert not any(subnet.overlaps(t) for t in taken if t.version == 4 and t.prefixlen)
     bridge = status.data["bridge"]
     assert addresses_of(bridge) == [f"{status.data['gateway']}/24"]
