@@ -173,8 +173,10 @@ def allocate(record: NetworkRecord, subnet: str | None, gateway: str | None, ins
             raise NovaError(f"{instance}: ip {wanted} on network {record.name} is already "
                             f"taken by {holder}", hint="pick another address, or leave ip out")
         return str(address)
-    for address in pool.hosts():
-        if str(address) not in used:
+    reserved = {network.network_address, network.broadcast_address}
+    candidates = pool.hosts() if pool is network else iter(pool)  # a range uses all it holds
+    for address in candidates:
+        if str(address) not in used and address not in reserved:
             return str(address)
     raise NovaError(f"network {record.name} ({pool}) has no free address left",
                     hint="give it a larger subnet, or remove instances from it")

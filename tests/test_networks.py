@@ -1,0 +1,325 @@
+"""Capsules on Nova networks, end to end: the real nova CLI, crun, conmon, the kernel's
+bridges and VXLAN, nftables and dnsmasq.
+
+"Other hosts" and "the outside" are network namespaces the test makes; nothing is
+sent beyond this machine. Every test leaves the host's links, namespaces, nft
+ruleset and dnsmasq processes as it found them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from nova_bridge.testing import OutsideHost, host_snapshot, make_outside_host
+from nova_capsule.testing import busybox_layer
+from nova_test_helpers import write_novafile
+
+from nova_core.hostinfo import netns
+
+LOOP = "trap 'exit 0' TERM; while true; do sleep 0.2; done"
+SERVE = "trap 'exit 0' TERM; while true; do echo hello-from-$(hostname) | nc -l -p 80; done"
+
+
+@pytest.fixture(autouse=True)
+def _host_unchanged() -> Iterator[None]:
+    before = host_snapshot()
+    yield
+    deadline = time.monotonic() + 3
+    while host_snapshot() != before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert host_snapshot() == before
+
+
+def prepare_home(home: Path, tmp_path: Path) -> None:
+    """A NOVA_HOME with local/busybox:latest imported and no reachable default registry."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text('[images]\ndefault_registry = "127.0.0.1:9"\n')
+    tarball = tmp_path / "busybox.tar.gz"
+    if not tarball.exists():
+        tarball.write_bytes(busybox_layer())
+    done = subprocess.run([sys.executable, "-m", "nova_core.cli.main", "image", "import",
+                           str(tarball), "local/busybox"], env=dict(os.environ, NOVA_HOME=str(home)),
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.fixture
+def nova(nova_home: Path, tmp_path: Path,
+         project_dir: Path) -> Iterator[Callable[..., subprocess.CompletedProcess[str]]]:
+    """run_nova-like, in ``project_dir``; brings the project down afterwards."""
+    prepare_home(nova_home, tmp_path)
+
+    def run(*args: str, check: bool = True, netns_path: Path | None = None,
+            home: Path | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        prefix = ["nsenter", f"--net={netns_path}"] if netns_path else []
+        env = dict(os.environ, NOVA_HOME=str(home or nova_home))
+        done = subprocess.run([*prefix, sys.executable, "-m", "nova_core.cli.main", *args],
+                              cwd=cwd or project_dir, env=env, capture_output=True, text=True,
+                              timeout=120)
+        if check:
+            assert done.returncode == 0, f"nova {' '.join(args)}: {done.stdout}{done.stderr}"
+        return done
+
+    yield run
+    if (project_dir / "NovaFile").exists():
+        run("down", check=False)
+
+
+def in_capsule(nova, name: str, script: str, check: bool = False) -> subprocess.CompletedProcess[str]:  # noqa: ANN001
+    return nova("exec", "container", name, "--", "sh", "-c", script, check=check)
+
+
+def test_capsules_reach_each_other_by_name_and_not_across_networks(nova, project_dir: Path) -> None:
+    write_novafile(project_dir, f"""
+        project = "netp"
+
+        [network.front]
+        dns = true
+
+        [network.back]
+        subnet = "10.252.20.0/24"
+        dns = true
+
+        [container.web]
+        capsule = "local/busybox:latest"
+        network = "front"
+        command = ["sh", "-c", "{SERVE}"]
+        stop_timeout = 2
+
+        [container.app]
+        capsule = "local/busybox:latest"
+        network = "front"
+        command = ["sh", "-c", "{LOOP}"]
+        stop_timeout = 2
+
+        [container.db]
+        capsule = "local/busybox:latest"
+        network = "back"
+        command = ["sh", "-c", "{SERVE}"]
+        stop_timeout = 2
+        """)
+    nova("up")
+    pinged = in_capsule(nova, "app", "ping -c1 -W2 web && ping -c1 -W2 web.netp.nova")
+    assert pinged.returncode == 0, pinged.stdout + pinged.stderr
+    assert in_capsule(nova, "app", "nc web 80 </dev/null").stdout == "hello-from-web\n"
+    db_ip = json.loads(nova("net", "inspect", "back", "--json").stdout)["attached"][0]["ip"]
+    assert db_ip.startswith("10.252.20.")
+    blocked = in_capsule(nova, "app", f"ping -c1 -W1 {db_ip}")
+    assert blocked.returncode != 0  # another Nova network: no route through the host
+    assert in_capsule(nova, "app", "nslookup db 2>&1; true").stdout.count(db_ip) == 0
+    refused = nova("net", "rm", "front", check=False)
+    assert refused.returncode == 1
+    assert "network front has instances attached: container.app, container.web" in refused.stderr
+
+
+def test_published_ports_answer_from_the_host_and_from_outside(nova, project_dir: Path) -> None:
+    write_novafile(project_dir, f"""
+        project = "portp"
+
+        [network.lan]
+        subnet = "10.252.21.0/24"
+
+        [container.web]
+        capsule = "local/busybox:latest"
+        network = "lan"
+        ports = ["18481:80", "127.0.0.1:18482:80"]
+        command = ["sh", "-c", "{SERVE}"]
+        stop_timeout = 2
+        """)
+    nova("up")
+    outside = make_outside_host("nvtest-far", "198.18.21")
+    try:
+        def fetch(run: Callable[[], bytes]) -> bytes:
+            deadline = time.monotonic() + 5
+            while True:  # the one-connection nc in the capsule restarts between clients
+                try:
+                    return run()
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+
+        def local(port: int) -> bytes:
+            with socket.create_connection(("127.0.0.1", port), timeout=3) as conn:
+                return conn.recv(100)
+
+        assert fetch(lambda: local(18482)) == b"hello-from-web\n"
+        assert fetch(lambda: local(18481)) == b"hello-from-web\n"
+
+        def from_outside() -> bytes:
+            done = outside.run("busybox", "nc", "-w", "3", outside.host_address, "18481")
+            if done.stdout != "hello-from-web\n":
+                raise OSError(done.stderr)
+            return done.stdout.encode()
+
+        assert fetch(from_outside) == b"hello-from-web\n"
+        nova("stop", "container", "web")
+        with pytest.raises(OSError):
+            local(18482)  # withdrawn when the instance stops
+    finally:
+        outside.remove()
+
+
+def test_nat_reaches_an_outside_address(nova, project_dir: Path) -> None:
+    write_novafile(project_dir, f"""
+        project = "natp"
+
+        [network.lan]
+        subnet = "10.252.22.0/24"
+
+        [network.closed]
+        subnet = "10.252.23.0/24"
+        isolated = true
+
+        [container.out]
+        capsule = "local/busybox:latest"
+        network = "lan"
+        command = ["sh", "-c", "{LOOP}"]
+        stop_timeout = 2
+
+        [container.shut]
+        capsule = "local/busybox:latest"
+        network = "closed"
+        command = ["sh", "-c", "{LOOP}"]
+        stop_timeout = 2
+        """)
+    nova("up")
+    outside = make_outside_host("nvtest-nat", "198.18.22", route_to_host=False)
+    try:  # the outside knows no route back to 10.252.22.0/24: only NAT gets a reply home
+        reached = in_capsule(nova, "out", f"ping -c1 -W2 {outside.address}")
+        assert reached.returncode == 0, reached.stdout + reached.stderr
+        closed = in_capsule(nova, "shut", f"ping -c1 -W1 {outside.address}")
+        assert closed.returncode != 0
+    finally:
+        outside.remove()
+
+
+def test_port_conflicts_are_refused_at_plan_time(nova, project_dir: Path) -> None:
+    write_novafile(project_dir, f"""
+        project = "clash"
+
+        [network.lan]
+        subnet = "10.252.24.0/24"
+
+        [container.a]
+        capsule = "local/busybox:latest"
+        network = "lan"
+        ports = ["18581:80"]
+        command = ["sh", "-c", "{LOOP}"]
+
+        [container.b]
+        capsule = "local/busybox:latest"
+        network = "lan"
+        ports = ["0.0.0.0:18581:8080"]
+        command = ["sh", "-c", "{LOOP}"]
+        """)
+    planned = nova("plan", check=False)
+    assert planned.returncode == 1
+    assert "container.b.ports: host port 18581/tcp is published also by container.a" in planned.stderr
+    other = project_dir.parent / "other"
+    other.mkdir()
+    write_novafile(other, f"""
+        project = "other"
+
+        [network.lan2]
+        subnet = "10.252.25.0/24"
+
+        [container.x]
+        capsule = "local/busybox:latest"
+        network = "lan2"
+        ports = ["18581:80"]
+        command = ["sh", "-c", "{LOOP}"]
+        stop_timeout = 2
+        """)
+    nova("up", cwd=other)
+    try:
+        text = (project_dir / "NovaFile").read_text()
+        write_novafile(project_dir, text.replace('ports = ["0.0.0.0:18581:8080"]', ""))
+        clash = nova("plan", check=False)
+        assert clash.returncode == 1
+        assert "container.a and container.x of project other both publish host port 18581/tcp" \
+            in clash.stderr
+    finally:
+        nova("down", cwd=other)
+    write_novafile(project_dir, text)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        text = (project_dir / "NovaFile").read_text()
+        write_novafile(project_dir, text.replace('"0.0.0.0:18581:8080"', f'"{port}:8080"'))
+        taken = nova("up", check=False)
+    assert taken.returncode == 1
+    assert f"container.b publishes host port {port}/tcp, but a program on the host already " \
+           "listens there" in taken.stderr
+    assert "Traceback" not in taken.stderr
+    assert nova("ls", "--json").stdout.strip() == "[]"  # refused before anything was made
+
+
+@pytest.fixture
+def two_hosts() -> Iterator[tuple[OutsideHost, OutsideHost]]:
+    """Two namespaces standing in for two machines, joined by a veth underlay."""
+    a = netns.create(netns.NETNS_DIR / "nvtest-hosta")
+    b = netns.create(netns.NETNS_DIR / "nvtest-hostb")
+    hosts = (OutsideHost("nvtest-hosta", "", "198.18.30.1", ""),
+             OutsideHost("nvtest-hostb", "", "198.18.30.2", ""))
+    try:
+        subprocess.run(["ip", "link", "add", "eth0", "netns", a.name, "type", "veth", "peer",
+                        "name", "eth0", "netns", b.name], check=True)
+        for host in hosts:
+            for argv in (["addr", "add", f"{host.address}/30", "dev", "eth0"],
+                         ["link", "set", "eth0", "up"], ["link", "set", "lo", "up"]):
+                subprocess.run(["ip", "-n", host.name, *argv], check=True)
+        yield hosts
+    finally:
+        netns.delete(a)
+        netns.delete(b)
+
+
+def test_vxlan_overlay_joins_capsules_on_two_hosts(nova, two_hosts, tmp_path: Path) -> None:
+    """Each "host" is a network namespace with its own NOVA_HOME and its own nova."""
+    folders = []
+    for index, (host, peer) in enumerate((two_hosts, two_hosts[::-1])):
+        home = tmp_path / f"home{index}"
+        prepare_home(home, tmp_path)
+        folder = tmp_path / f"site{index}"
+        folder.mkdir()
+        write_novafile(folder, f"""
+            project = "site{index}"
+
+            [network.ov]
+            type = "overlay"
+            driver = "vxlan"
+            subnet = "10.252.30.0/24"
+            gateway = "10.252.30.{index + 1}"
+            ip_range = "10.252.30.{16 * (index + 1)}/28"
+            vni = 4711
+            peers = ["{peer.address}"]
+            local = "{host.address}"
+
+            [container.c{index}]
+            capsule = "local/busybox:latest"
+            network = "ov"
+            command = ["sh", "-c", "{LOOP}"]
+            stop_timeout = 2
+            """)
+        folders.append((host, home, folder))
+    try:
+        for host, home, folder in folders:
+            nova("up", netns_path=host.path, home=home, cwd=folder)
+        host, home, folder = folders[0]
+        crossed = nova("exec", "container", "c0", "--", "ping", "-c2", "-W2", "10.252.30.32",
+                       netns_path=host.path, home=home, cwd=folder, check=False)
+        assert crossed.returncode == 0, crossed.stdout + crossed.stderr
+        assert "2 packets received" in crossed.stdout
+    finally:
+        for host, home, folder in folders:
+            nova("down", netns_path=host.path, home=home, cwd=folder, check=False)
