@@ -133,6 +133,12 @@ def test_published_ports_answer_from_the_host_and_from_outside(nova, project_dir
         ports = ["18481:80", "127.0.0.1:18482:80"]
         command = ["sh", "-c", "{SERVE}"]
         stop_timeout = 2
+
+        [container.client]
+        capsule = "local/busybox:latest"
+        network = "lan"
+        command = ["sh", "-c", "{LOOP}"]
+        stop_timeout = 2
         """)
     nova("up")
     outside = make_outside_host("nvtest-far", "198.18.21")
@@ -161,6 +167,14 @@ def test_published_ports_answer_from_the_host_and_from_outside(nova, project_dir
             return done.stdout.encode()
 
         assert fetch(from_outside) == b"hello-from-web\n"
+
+        def hairpin() -> bytes:  # a neighbour on the same network, through the published port
+            done = in_capsule(nova, "client", "nc -w 3 10.252.21.1 18481 </dev/null")
+            if done.stdout != "hello-from-web\n":
+                raise OSError(done.stderr)
+            return done.stdout.encode()
+
+        assert fetch(hairpin) == b"hello-from-web\n"
         nova("stop", "container", "web")
         with pytest.raises(OSError):
             local(18482)  # withdrawn when the instance stops

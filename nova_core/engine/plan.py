@@ -7,6 +7,7 @@ from typing import Literal
 
 from nova_core.drivers.base import Driver
 from nova_core.drivers.compute import ComputeDriver
+from nova_core.drivers.network import NetworkDriver
 from nova_core.drivers.models import (
     ContainerSpec,
     Lifecycle,
@@ -161,6 +162,9 @@ def observe_step(step: PlanStep, driver: Driver) -> None:
     if status.state is Lifecycle.MISSING:
         step.action, step.resume = "create", True
         step.reason = "recorded, but missing on the host: it will be made again"
+    elif isinstance(driver, NetworkDriver) and status.state is Lifecycle.STOPPED:
+        step.action = "update"
+        step.reason = f"incomplete on the host ({status.detail or 'down'}): it will be remade"
     elif isinstance(driver, ComputeDriver) and status.state in (
         Lifecycle.STOPPED, Lifecycle.CREATED, Lifecycle.FAILED
     ):

@@ -254,32 +254,33 @@ class BridgeDriver(NetworkDriver):
             self._destroy(ledger, links, record)
 
     def status(self, spec: NetworkSpec) -> ResourceStatus:
-        """Running when the bridge is up; restarts a dead dnsmasq on the way."""
+        """Created when the bridge is up (and dnsmasq runs if it should); stopped when
+        something recorded is missing on the host (after a reboot, say): ``update``
+        then remakes it without losing the network's addresses. Never changes the host.
+        """
         record = self.ledger.get(spec.ref.project, spec.ref.name)
         if record is None:
             return ResourceStatus(ref=spec.ref, state=Lifecycle.MISSING)
         with Links() as links:
             up = links.is_up(record.bridge)
+        problems = []
         if not up:
-            return ResourceStatus(ref=spec.ref, state=Lifecycle.MISSING,
-                                  detail=f"bridge {record.bridge} is gone")
-        detail = ""
-        if DnsService.wanted(record):
-            service = self.dns_service(record)
-            if service.supervisor_pid() is None:
-                with self.ledger.locked():
-                    service.ensure_running(record)
-                detail = "dnsmasq had stopped; restarted"
+            problems.append(f"bridge {record.bridge} is missing")
+        if not firewall.table_exists(firewall.table_name(self.context.nova_home)):
+            problems.append("its nftables rules are missing")
+        if DnsService.wanted(record) and self.dns_service(record).supervisor_pid() is None:
+            problems.append("dnsmasq is not running")
         data = {"bridge": record.bridge, "subnet": record.subnet or "",
                 "gateway": record.gateway or ""}
         if record.subnet6:
             data.update(subnet6=record.subnet6, gateway6=record.gateway6 or "")
-        return ResourceStatus(ref=spec.ref, state=Lifecycle.CREATED, detail=detail,
-                              data={k: v for k, v in data.items() if v})
+        return ResourceStatus(ref=spec.ref, state=Lifecycle.STOPPED if problems else Lifecycle.CREATED,
+                              detail="; ".join(problems), data={k: v for k, v in data.items() if v})
 
     def update(self, spec: NetworkSpec, changed: frozenset[str]) -> ResourceStatus:
-        """Apply a change of ``dns``, ``nat`` or ``isolated`` in place."""
-        with self.ledger.locked() as ledger:
+        """Apply a change of ``dns``, ``nat`` or ``isolated`` in place; with nothing
+        changed, remake whatever the host lost (bridge, rules, dnsmasq, VM taps)."""
+        with self.ledger.locked() as ledger, Links() as links:
             record = ledger.get(spec.ref.project, spec.ref.name)
             if record is None:
                 raise NovaError(f"network {spec.ref.name} is not recorded by the bridge driver",
@@ -288,9 +289,16 @@ class BridgeDriver(NetworkDriver):
             record.nat = getattr(spec.options, "nat", True)
             record.isolated = getattr(spec.options, "isolated", False)
             ledger.put(record)
+            self._make_links(links, record)
+            self._make_extra(links, record, spec)
+            for lease in record.leases.values():
+                if lease.endpoint == "tap" or (lease.netns and netns.exists(Path(lease.netns))):
+                    self._make_lease_links(links, record, lease)
+            ledger.put(record)
             self._sync_host(ledger)
             service = self.dns_service(record)
-            service.stop()
+            if changed & {"dns"}:
+                service.stop()
             if DnsService.wanted(record):
                 service.ensure_running(record)
         return self.status(spec)
@@ -442,6 +450,11 @@ class BridgeDriver(NetworkDriver):
             lease = record.leases.get(instance.ref.key) if record else None
             if record is None or lease is None:
                 return
+            if published:
+                with Links() as links:
+                    if not links.exists(lease.link):  # the host rebooted: plug it in again
+                        self._make_lease_links(links, record, lease)
+                        ledger.put(record)
             ports = [port.model_dump() for port in instance.ports]
             if lease.published == (published and bool(ports)) and lease.ports == ports:
                 return

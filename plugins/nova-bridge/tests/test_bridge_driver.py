@@ -254,8 +254,10 @@ def test_dnsmasq_is_supervised(driver: BridgeDriver, made) -> None:
     orphan = service.dnsmasq_pid()
     os.kill(service.supervisor_pid(), signal.SIGKILL)  # dnsmasq lives on, holding the ports
     time.sleep(0.1)
-    status = driver.status(spec)
-    assert "dnsmasq had stopped; restarted" in status.detail
+    status = driver.status(spec)  # observes only; nova up then repairs through update
+    assert (status.state, status.detail) == (Lifecycle.STOPPED, "dnsmasq is not running")
+    assert service.dnsmasq_pid() is None
+    assert driver.update(spec, frozenset()).state is Lifecycle.CREATED
     assert service.dnsmasq_pid() not in (None, orphan)
     assert not Path(f"/proc/{orphan}/cmdline").exists() or \
         not Path(f"/proc/{orphan}/cmdline").read_bytes()  # the orphan was put down
@@ -401,3 +403,29 @@ def test_outside_host_helper_reaches_the_host() -> None:
         assert outside.run("busybox", "ping", "-c1", "-W2", outside.host_address).returncode == 0
     finally:
         outside.remove()
+
+
+def test_after_a_reboot_update_remakes_the_network_and_start_replugs(driver: BridgeDriver,
+                                                                    made) -> None:
+    """A reboot is simulated by deleting what lives in the kernel and /run: the bridge,
+    the capsule's namespace and its veth, the nft table and dnsmasq."""
+    spec = made(network(subnet="10.251.17.0/24", dns=True))
+    web = capsule("web", ports=[PortMapping(host_port=18282, target_port=80)])
+    attachment = driver.attach(spec, web)
+    record = Ledger(driver.context.nova_home).get("brt", "lan")
+    with Links() as links:
+        links.delete(record.bridge)
+    netns.delete(Path(attachment.details["netns"]))
+    firewall.apply(firewall.table_name(driver.context.nova_home), [])
+    driver.dns_service(record).stop()
+    status = driver.status(spec)
+    assert status.state is Lifecycle.STOPPED
+    assert status.detail == ("bridge {} is missing; its nftables rules are missing; dnsmasq is "
+                             "not running").format(record.bridge)
+    assert driver.update(spec, frozenset()).state is Lifecycle.CREATED
+    netns.create(Path(attachment.details["netns"]))  # what the capsule driver does at start
+    driver.instance_started(spec, attachment, web)
+    inside = subprocess.run(["ip", "-n", Path(attachment.details["netns"]).name, "-4", "addr"],
+                            capture_output=True, text=True, check=True).stdout
+    assert f"inet {attachment.details['ip']}/24" in inside  # the same address as before
+    driver.detach(spec, attachment)

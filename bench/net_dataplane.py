@@ -1,0 +1,322 @@
+#!/usr/bin/env python3
+"""Network data plane and attach speed: Nova against the same topology built by hand.
+
+1. Two capsules on a Nova bridge (`nova up`), against two namespaces on a bridge made
+   with `ip` commands: iperf3 TCP throughput and ping round-trip time between them.
+2. The same over VXLAN: two "hosts" (network namespaces joined by a veth underlay),
+   each running its own Nova (own NOVA_HOME) with a vxlan network and one capsule,
+   against bridges + VXLAN devices + namespaces made by hand in two such hosts.
+3. Attaching and detaching 50 instances (namespace, veth pair on the bridge,
+   address, default route): the bridge driver's attach/detach, against an
+   `ip -batch` file for the host side plus `ip -n NS -batch` per namespace.
+
+iperf3 and ping run in the capsules' own network namespaces (nsenter --net), so
+both sides measure the same path: veth, bridge (and VXLAN), veth.
+Targets from the issue: throughput at least 0.97 of hand-built, latency at most
+1.05 of it, attach within 1.5 times `ip -batch`.
+
+    sudo .venv/bin/python bench/net_dataplane.py [--seconds 3] [--rounds 3]
+
+Needs root, iperf3 (apt-get install iperf3), busybox, crun/conmon (for the
+capsules). Everything lives in namespaces and bridges it makes and removes; no
+packet leaves the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+LOOP = "trap 'exit 0' TERM; while true; do sleep 1; done"
+
+
+def sh(*argv: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a command, capture its output."""
+    return subprocess.run(list(argv), input=stdin, capture_output=True, text=True, check=check)
+
+
+def in_ns(path: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a command in a network namespace (by path)."""
+    return sh("nsenter", f"--net={path}", *argv, check=check)
+
+
+def iperf(server_ns: str, client_ns: str, server_ip: str, seconds: float) -> float:
+    """TCP throughput (Gbit/s) from client to server."""
+    server = subprocess.Popen(["nsenter", f"--net={server_ns}", "iperf3", "-s", "-B", server_ip],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(50):
+            done = in_ns(client_ns, "iperf3", "-c", server_ip, "-t", str(seconds), "-J", check=False)
+            try:
+                return json.loads(done.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
+            except (ValueError, KeyError):
+                time.sleep(0.1)  # the server is still starting
+        raise RuntimeError(f"iperf3 to {server_ip} failed: {done.stdout[-300:]}")
+    finally:
+        server.kill()
+        server.wait()
+
+
+def rtt(client_ns: str, target: str, count: int = 300) -> float:
+    """Average ping round trip (ms)."""
+    done = in_ns(client_ns, "busybox", "ping", "-q", "-c", str(count), "-i", "0.005", target)
+    line = next(x for x in done.stdout.splitlines() if "min/avg/max" in x)
+    return float(line.split("=")[1].split("/")[1])
+
+
+# -- hand-built topologies ------------------------------------------------------------------
+def hand_bridge(tag: str, subnet: str, prefix_ns: str = "") -> tuple[list[str], Callable[[], None]]:
+    """bridge + two namespaces with veth pairs, by `ip` (optionally inside namespace prefix_ns)."""
+    ip = ["ip", "-n", prefix_ns] if prefix_ns else ["ip"]
+    bridge = f"hb{tag}"
+    names = [f"hb{tag}a", f"hb{tag}b"]
+    sh(*ip, "link", "add", bridge, "type", "bridge")
+    sh(*ip, "addr", "add", f"{subnet}.1/24", "dev", bridge)
+    sh(*ip, "link", "set", bridge, "up")
+    paths = []
+    for index, name in enumerate(names):
+        sh("ip", "netns", "add", name)
+        sh(*ip, "link", "add", f"v{name}", "type", "veth", "peer", "name", "eth0", "netns", name)
+        sh(*ip, "link", "set", f"v{name}", "master", bridge, "up")
+        sh("ip", "-n", name, "addr", "add", f"{subnet}.{index + 2}/24", "dev", "eth0")
+        sh("ip", "-n", name, "link", "set", "eth0", "up")
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+        paths.append(f"/run/netns/{name}")
+
+    def cleanup() -> None:
+        for name in names:
+            sh("ip", "netns", "del", name, check=False)
+        sh(*ip, "link", "del", bridge, check=False)
+
+    return paths, cleanup
+
+
+def two_hosts() -> tuple[list[str], Callable[[], None]]:
+    """Two namespaces standing in for hosts, joined by a veth underlay 198.18.60.1/2."""
+    names = ["nbhosta", "nbhostb"]
+    for name in names:
+        sh("ip", "netns", "add", name)
+    sh("ip", "link", "add", "eth0", "netns", names[0], "type", "veth", "peer", "name", "eth0",
+       "netns", names[1])
+    for index, name in enumerate(names):
+        sh("ip", "-n", name, "addr", "add", f"198.18.60.{index + 1}/30", "dev", "eth0")
+        sh("ip", "-n", name, "link", "set", "eth0", "up")
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+
+    def cleanup() -> None:
+        for name in names:
+            sh("ip", "netns", "del", name, check=False)
+
+    return names, cleanup
+
+
+def hand_vxlan(hosts: list[str]) -> tuple[list[str], Callable[[], None]]:
+    """In each host: a bridge (mtu 1450) with a VXLAN device and one container namespace."""
+    paths = []
+    for index, host in enumerate(hosts):
+        peer = f"198.18.60.{2 - index}"
+        ip = ["ip", "-n", host]
+        sh(*ip, "link", "add", "hvbr", "mtu", "1450", "type", "bridge")
+        sh(*ip, "addr", "add", f"10.253.40.{index + 1}/24", "dev", "hvbr")
+        sh(*ip, "link", "set", "hvbr", "up")
+        sh(*ip, "link", "add", "hvx", "mtu", "1450", "type", "vxlan", "id", "99", "dstport", "4789",
+           "local", f"198.18.60.{index + 1}")
+        sh(*ip, "link", "set", "hvx", "master", "hvbr", "up")
+        sh("bridge", "-n", host, "fdb", "append", "00:00:00:00:00:00", "dev", "hvx", "dst", peer)
+        ns = f"hvc{index}"
+        sh("ip", "netns", "add", ns)
+        sh(*ip, "link", "add", "hvv", "mtu", "1450", "type", "veth", "peer", "name", "eth0",
+           "mtu", "1450", "netns", ns)  # both ends: as Nova does
+        sh(*ip, "link", "set", "hvv", "master", "hvbr", "up")
+        sh("ip", "-n", ns, "addr", "add", f"10.253.40.{10 + index}/24", "dev", "eth0")
+        sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        paths.append(f"/run/netns/{ns}")
+
+    def cleanup() -> None:
+        for index, host in enumerate(hosts):
+            sh("ip", "netns", "del", f"hvc{index}", check=False)
+            for link in ("hvv", "hvx", "hvbr"):
+                sh("ip", "-n", host, "link", "del", link, check=False)
+
+    return paths, cleanup
+
+
+# -- Nova --------------------------------------------------------------------------------------
+class Nova:
+    """One NOVA_HOME with local/busybox imported; runs the nova CLI (optionally in a host ns)."""
+
+    def __init__(self, home: Path, host_ns: str | None = None) -> None:
+        from nova_capsule.testing import busybox_layer
+
+        self.home, self.host_ns = home, host_ns
+        home.mkdir(parents=True)
+        (home / "config.toml").write_text('[images]\ndefault_registry = "127.0.0.1:9"\n')
+        tarball = home / "busybox.tar.gz"
+        tarball.write_bytes(busybox_layer())
+        self("image", "import", str(tarball), "local/busybox")
+
+    def __call__(self, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        prefix = ["nsenter", f"--net=/run/netns/{self.host_ns}"] if self.host_ns else []
+        return subprocess.run([*prefix, sys.executable, "-m", "nova_core.cli.main", *args],
+                              cwd=cwd, env=dict(os.environ, NOVA_HOME=str(self.home)),
+                              capture_output=True, text=True, check=True)
+
+    def netns_of(self, network: str, cwd: Path) -> dict[str, tuple[str, str]]:
+        """instance name -> (namespace path, address) on ``network``."""
+        info = json.loads(self("net", "inspect", network, "--json", cwd=cwd).stdout)
+        return {a["instance"].split(".", 1)[1]: (a["netns"], a["ip"]) for a in info["attached"]}
+
+
+def capsules_file(folder: Path, project: str, network: str, names: list[str]) -> None:
+    text = [f'project = "{project}"', network]
+    for name in names:
+        text.append(f'[container.{name}]\ncapsule = "local/busybox:latest"\nnetwork = "net"\n'
+                    f'command = ["sh", "-c", "{LOOP}"]\nstop_timeout = 2')
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "NovaFile").write_text("\n".join(text) + "\n")
+
+
+def measure_pair(paths: list[str], server_ip: str, seconds: float, rounds: int) -> tuple[float, float]:
+    gbits = [iperf(paths[1], paths[0], server_ip, seconds) for _ in range(rounds)]
+    return statistics.median(gbits), rtt(paths[0], server_ip)
+
+
+def attach_bench(tmp: Path, count: int) -> tuple[float, float]:
+    """Seconds to attach+detach ``count`` instances: the bridge driver vs ip -batch."""
+    from nova_bridge.driver import BridgeDriver, BridgeOptions
+    from nova_core.drivers.base import DriverContext
+    from nova_core.drivers.models import ContainerSpec, NetworkSpec, ResourceKind, ResourceRef
+
+    driver = BridgeDriver("bridge", DriverContext(nova_home=tmp / "attach-home"))
+    spec = NetworkSpec(ref=ResourceRef(project="bench", kind=ResourceKind.NETWORK, name="many"),
+                       driver="bridge", base_dir=tmp, options=BridgeOptions(),
+                       subnet="10.253.50.0/24")
+    driver.create(spec)
+    instances = [ContainerSpec(ref=ResourceRef(project="bench", kind=ResourceKind.CONTAINER,
+                                               name=f"i{n}"), driver="capsule", base_dir=tmp,
+                               networks=["many"]) for n in range(count)]
+    try:
+        start = time.perf_counter()
+        attachments = [driver.attach(spec, instance) for instance in instances]
+        for attachment in attachments:
+            driver.detach(spec, attachment)
+        nova_seconds = time.perf_counter() - start
+    finally:
+        driver.delete(spec)
+
+    sh("ip", "link", "add", "hbmany", "type", "bridge")
+    sh("ip", "addr", "add", "10.253.51.1/24", "dev", "hbmany")
+    sh("ip", "link", "set", "hbmany", "up")
+    host_up = tmp / "up.batch"
+    host_down = tmp / "down.batch"
+    host_up.write_text("".join(
+        f"netns add hbm{n}\nlink add hbv{n} type veth peer name eth0 netns hbm{n}\n"
+        f"link set hbv{n} master hbmany up\n" for n in range(count)))
+    host_down.write_text("".join(f"link del hbv{n}\nnetns del hbm{n}\n" for n in range(count)))
+    inside = "".join(f"addr add 10.253.51.{n + 2}/24 dev eth0\nlink set eth0 up\n"
+                     "link set lo up\nroute add default via 10.253.51.1\n" for n in range(1))
+    try:
+        start = time.perf_counter()
+        sh("ip", "-batch", str(host_up))
+        for n in range(count):
+            sh("ip", "-n", f"hbm{n}", "-batch", "-",
+               stdin=inside.replace("10.253.51.2/", f"10.253.51.{n + 2}/"))
+        sh("ip", "-batch", str(host_down))
+        hand_seconds = time.perf_counter() - start
+    finally:
+        for n in range(count):
+            sh("ip", "netns", "del", f"hbm{n}", check=False)
+        sh("ip", "link", "del", "hbmany", check=False)
+    return nova_seconds, hand_seconds
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="iperf3 run length")
+    parser.add_argument("--rounds", type=int, default=3, help="iperf3 runs per setup (median)")
+    parser.add_argument("--attach", type=int, default=50, help="instances for the attach test")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("run as root", file=sys.stderr)
+        return 1
+    if not shutil.which("iperf3"):
+        print("needs iperf3: apt-get install iperf3", file=sys.stderr)
+        return 1
+    results: dict[str, tuple[float, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="nova-netbench-") as tmp_name:
+        tmp = Path(tmp_name)
+        # 1. bridge
+        paths, cleanup = hand_bridge("1", "10.253.1")
+        try:
+            results["bridge, by hand"] = measure_pair(paths, "10.253.1.3", args.seconds, args.rounds)
+        finally:
+            cleanup()
+        nova = Nova(tmp / "home")
+        folder = tmp / "bridge"
+        capsules_file(folder, "nbbr", '[network.net]\nsubnet = "10.253.2.0/24"', ["a", "b"])
+        nova("up", cwd=folder)
+        try:
+            found = nova.netns_of("net", folder)
+            results["bridge, Nova"] = measure_pair([found["a"][0], found["b"][0]], found["b"][1],
+                                                   args.seconds, args.rounds)
+        finally:
+            nova("down", cwd=folder)
+        # 2. VXLAN
+        hosts, remove_hosts = two_hosts()
+        try:
+            paths, cleanup = hand_vxlan(hosts)
+            try:
+                results["vxlan, by hand"] = measure_pair(paths, "10.253.40.11", args.seconds,
+                                                         args.rounds)
+            finally:
+                cleanup()
+            sites = []
+            for index, host in enumerate(hosts):
+                site = Nova(tmp / f"site{index}", host_ns=host)
+                folder = tmp / f"vx{index}"
+                capsules_file(folder, f"nbvx{index}", (
+                    '[network.net]\ntype = "overlay"\ndriver = "vxlan"\nsubnet = "10.253.41.0/24"\n'
+                    f'gateway = "10.253.41.{index + 1}"\nip_range = "10.253.41.{16 * (index + 1)}/28"\n'
+                    f'vni = 98\npeers = ["198.18.60.{2 - index}"]\nlocal = "198.18.60.{index + 1}"'),
+                    [f"c{index}"])
+                site("up", cwd=folder)
+                sites.append((site, folder))
+            try:
+                a = sites[0][0].netns_of("net", sites[0][1])["c0"]
+                b = sites[1][0].netns_of("net", sites[1][1])["c1"]
+                results["vxlan, Nova"] = measure_pair([a[0], b[0]], b[1], args.seconds, args.rounds)
+            finally:
+                for site, folder in sites:
+                    site("down", cwd=folder)
+        finally:
+            remove_hosts()
+        # 3. attach / detach
+        nova_attach, hand_attach = attach_bench(tmp, args.attach)
+
+    print(f"{'topology':<18} {'TCP Gbit/s':>11} {'ping ms':>9}")
+    for name, (gbits, ms) in results.items():
+        print(f"{name:<18} {gbits:11.2f} {ms:9.3f}")
+    for kind in ("bridge", "vxlan"):
+        hand, ours = results[f"{kind}, by hand"], results[f"{kind}, Nova"]
+        throughput, latency = ours[0] / hand[0], ours[1] / hand[1]
+        print(f"{kind}: throughput {throughput:.2f} of hand-built (target >= 0.97: "
+              f"{'met' if throughput >= 0.97 else 'MISSED'}), latency {latency:.2f} of it "
+              f"(target <= 1.05: {'met' if latency <= 1.05 else 'MISSED'})")
+    ratio = nova_attach / hand_attach
+    print(f"attach+detach {args.attach}: Nova {nova_attach:.2f}s, ip -batch {hand_attach:.2f}s, "
+          f"ratio {ratio:.2f} (target <= 1.5: {'met' if ratio <= 1.5 else 'MISSED'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
