@@ -194,6 +194,7 @@ def measure_pair(paths: list[str], server_ip: str, seconds: float, rounds: int) 
 def attach_bench(tmp: Path, count: int) -> tuple[float, float]:
     """Seconds to attach+detach ``count`` instances: the bridge driver vs ip -batch."""
     from nova_bridge.driver import BridgeDriver, BridgeOptions
+
     from nova_core.drivers.base import DriverContext
     from nova_core.drivers.models import ContainerSpec, NetworkSpec, ResourceKind, ResourceRef
 

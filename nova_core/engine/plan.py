@@ -7,7 +7,6 @@ from typing import Literal
 
 from nova_core.drivers.base import Driver
 from nova_core.drivers.compute import ComputeDriver
-from nova_core.drivers.network import NetworkDriver
 from nova_core.drivers.models import (
     ContainerSpec,
     Lifecycle,
@@ -17,6 +16,7 @@ from nova_core.drivers.models import (
     ResourceSpec,
     VmSpec,
 )
+from nova_core.drivers.network import NetworkDriver
 from nova_core.novafile.values import is_named_volume
 
 Action = Literal["create", "update", "replace", "delete", "unchanged"]

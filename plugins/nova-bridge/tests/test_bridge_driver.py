@@ -420,8 +420,8 @@ def test_after_a_reboot_update_remakes_the_network_and_start_replugs(driver: Bri
     driver.dns_service(record).stop()
     status = driver.status(spec)
     assert status.state is Lifecycle.STOPPED
-    assert status.detail == ("bridge {} is missing; its nftables rules are missing; dnsmasq is "
-                             "not running").format(record.bridge)
+    assert status.detail == (f"bridge {record.bridge} is missing; its nftables rules are missing; dnsmasq is "
+                             "not running")
     assert driver.update(spec, frozenset()).state is Lifecycle.CREATED
     netns.create(Path(attachment.details["netns"]))  # what the capsule driver does at start
     driver.instance_started(spec, attachment, web)
