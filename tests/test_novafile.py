@@ -264,6 +264,21 @@ def test_boltfile_services_become_capsules(project_dir: Path) -> None:
     assert web.depends_on == ["db"] and web.networks == ["front"] and web.build == "./web"
     assert web.registry_auth == {"username": "me", "password": "pw"}
     assert loaded.specs["network.front"].driver == "bridge"
+    assert db.networks == ["default"]  # compose-style: services naming no network share one
+    default = loaded.specs["network.default"]
+    assert isinstance(default, NetworkSpec) and default.dns and default.driver == "bridge"
+
+
+def test_boltfile_without_nova_bridge_keeps_loopback_and_says_so(project_dir: Path) -> None:
+    path = write_novafile(project_dir, """
+        [services.web]
+        image = "nginx"
+        ports = ["8080:80"]
+    """, name="Boltfile.toml")
+    loaded = load_novafile(path, PluginRegistry(disabled=("nova-bridge",)))
+    assert loaded.specs["container.web"].networks == []
+    assert "network.default" not in loaded.specs
+    assert any("ports are not published; install nova-bridge" in n for n in loaded.notes)
 
 
 def test_boltfile_errors_use_the_boltfile_names(project_dir: Path) -> None:

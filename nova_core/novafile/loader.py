@@ -20,6 +20,7 @@ from nova_core.drivers.models import (
     DRIVER_KIND_OF,
     ContainerSpec,
     DiskSpec,
+    DriverKind,
     DriverOptions,
     HealthCheck,
     NetworkSpec,
@@ -206,6 +207,8 @@ def load_novafile(path: Path, registry: PluginRegistry) -> NovaFile:
         project = "invalid"
 
     notes: list[str] = []
+    if is_bolt:
+        _default_network(data, registry, notes)
     specs: dict[str, ResourceSpec] = {}
     for kind in KINDS:
         tables = data.get(kind, {})
@@ -371,6 +374,30 @@ def _build_spec(
         return NetworkSpec(**common, type=entry.type, subnet=entry.subnet, gateway=entry.gateway,
                            dns=entry.dns, mtu=entry.mtu, interfaces=entry.interfaces)
     return VolumeSpec(**common, size=entry.size)
+
+
+def _default_network(data: dict[str, Any], registry: PluginRegistry, notes: list[str]) -> None:
+    """As in compose: Boltfile services that name no network share a ``default`` one
+    (a bridge with DNS, so they find each other by name and can publish ports)."""
+    services = data.get("container")
+    if not isinstance(services, dict):
+        return
+    loose = [name for name, table in services.items()
+             if isinstance(table, dict) and "network" not in table]
+    if not loose:
+        return
+    if "bridge" not in registry.driver_names(DriverKind.NETWORK):
+        if any(services[name].get("ports") for name in loose):
+            notes.append("services without networks keep a private loopback-only network and "
+                         "their ports are not published; install nova-bridge for the default "
+                         "network")
+        return
+    networks = data.setdefault("network", {})
+    if not isinstance(networks, dict):
+        return
+    networks.setdefault("default", {"type": "bridge", "dns": True})
+    for name in loose:
+        services[name]["network"] = ["default"]
 
 
 def _declared(data: dict[str, Any], kind: str) -> set[str]:

@@ -1,12 +1,12 @@
 """One dnsmasq per network: DNS for instance names, DHCP reservations for VMs.
 
 ```
-/run/nova-net-HASH/BRIDGE/      (0755: dnsmasq reads it after dropping to nobody)
-  dnsmasq.conf
+NOVA_HOME/drivers/bridge/dns/PROJECT-NAME/
+  dnsmasq.conf  leases          (opened by dnsmasq as root, before it drops privileges)
+  dnsmasq.log   supervisor.pid
+/run/nova-net-HASH/BRIDGE/      (0755: dnsmasq re-reads these as nobody)
   hosts/KIND.NAME               "IP NAME NAME.PROJECT.nova" (hostsdir: read on change)
   dhcp/KIND.NAME                "MAC,IP,NAME" (dhcp-hostsdir: read on change)
-  leases  supervisor.pid
-NOVA_HOME/drivers/bridge/dns/PROJECT-NAME.log   what dnsmasq and its supervisor said
 ```
 
 dnsmasq binds only the bridge's addresses. A two-line ``sh`` loop supervises it
@@ -45,13 +45,14 @@ def _alive(pid: int, marker: str) -> bool:
 class DnsService:
     """The dnsmasq of one network."""
 
-    def __init__(self, folder: Path, log: Path) -> None:
-        self.folder = folder
-        self.conf = folder / "dnsmasq.conf"
+    def __init__(self, folder: Path, state: Path) -> None:
+        self.folder = folder  # the watched folders, on /run
+        self.state = state  # configuration, leases, log: under NOVA_HOME
+        self.conf = state / "dnsmasq.conf"
         self.hosts = folder / "hosts"
         self.dhcp = folder / "dhcp"
-        self.pidfile = folder / "supervisor.pid"
-        self.log = log
+        self.pidfile = state / "supervisor.pid"
+        self.log = state / "dnsmasq.log"
 
     @staticmethod
     def wanted(record: NetworkRecord) -> bool:
@@ -66,7 +67,7 @@ class DnsService:
         lines = ["bind-interfaces", f"interface={record.bridge}", "except-interface=lo",
                  "no-hosts",
                  f"hostsdir={self.hosts}", f"dhcp-hostsdir={self.dhcp}",
-                 f"dhcp-leasefile={self.folder / 'leases'}", "log-facility=-", "pid-file=",
+                 f"dhcp-leasefile={self.state / 'leases'}", "log-facility=-", "pid-file=",
                  f"domain={record.domain}", "local=/nova/", "domain-needed", "bogus-priv"]
         if not record.dns:
             lines.append("port=0")
@@ -79,13 +80,14 @@ class DnsService:
         return "\n".join(lines) + "\n"
 
     def _write(self, path: Path, text: str) -> None:
-        tmp = self.folder / f".{path.parent.name}-{path.name}.tmp"  # not in a watched folder
+        tmp = path.parent.parent / f".{path.parent.name}-{path.name}.tmp"  # not watched
         tmp.write_text(text)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
 
     def sync_files(self, record: NetworkRecord) -> None:
         """Write the configuration and one hosts (and DHCP) file per lease."""
+        self.state.mkdir(parents=True, exist_ok=True)
         for folder in (self.folder.parent, self.folder, self.hosts, self.dhcp):
             folder.mkdir(parents=True, exist_ok=True)
             os.chmod(folder, 0o755)  # dnsmasq reads it after dropping to nobody
@@ -213,6 +215,8 @@ class DnsService:
                 pass
         self._kill_strays()
         shutil.rmtree(self.folder, ignore_errors=True)
+        for name in ("dnsmasq.conf", "leases", "supervisor.pid"):  # the log stays
+            (self.state / name).unlink(missing_ok=True)
         try:
             self.folder.parent.rmdir()  # the NOVA_HOME's folder, once its last network is gone
         except OSError:

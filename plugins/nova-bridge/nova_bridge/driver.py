@@ -95,7 +95,7 @@ class BridgeDriver(NetworkDriver):
     def dns_service(self, record: NetworkRecord) -> DnsService:
         """The dnsmasq of ``record``."""
         return DnsService(net_run_root(self.context.nova_home) / record.bridge,
-                          self.ledger.root / "dns" / f"{record.project}-{record.name}.log")
+                          self.ledger.root / "dns" / f"{record.project}-{record.name}")
 
     def _mtu(self, spec: NetworkSpec) -> int | None:
         return spec.mtu

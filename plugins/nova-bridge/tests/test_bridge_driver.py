@@ -289,6 +289,8 @@ def test_a_vm_gets_its_reserved_address_by_dhcp(driver: BridgeDriver, made) -> N
         finally:
             script.unlink()
         assert f"lease {attachment.details['ip']} router 10.251.10.1" in done.stdout, done
+        leases = Ledger(driver.context.nova_home).root / "dns" / "brt-lan" / "leases"
+        assert f"{attachment.details['mac']} {attachment.details['ip']} guest" in leases.read_text()
     finally:
         subprocess.run(["ip", "link", "del", "nvtestdh0"], check=False)
         netns.delete(guest)
@@ -420,8 +422,8 @@ def test_after_a_reboot_update_remakes_the_network_and_start_replugs(driver: Bri
     driver.dns_service(record).stop()
     status = driver.status(spec)
     assert status.state is Lifecycle.STOPPED
-    assert status.detail == (f"bridge {record.bridge} is missing; its nftables rules are missing; dnsmasq is "
-                             "not running")
+    assert status.detail == (f"bridge {record.bridge} is missing; its nftables rules are "
+                             "missing; dnsmasq is not running")
     assert driver.update(spec, frozenset()).state is Lifecycle.CREATED
     netns.create(Path(attachment.details["netns"]))  # what the capsule driver does at start
     driver.instance_started(spec, attachment, web)

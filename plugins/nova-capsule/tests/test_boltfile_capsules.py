@@ -1,4 +1,5 @@
-"""A Boltfile brought up as capsules through the real CLI: order, health, env, volumes."""
+"""A Boltfile brought up as capsules through the real CLI: order, health, env, volumes,
+and the compose-style default network (needs nova-bridge, installed with the suite)."""
 
 from __future__ import annotations
 
@@ -47,7 +48,11 @@ def test_boltfile_up_waits_for_health_and_wires_things(run_nova, capsule_home: P
         assert "waiting for container.db to be healthy" in up.stderr
         assert "hunter2-secret" not in up.stdout + up.stderr
         order = [line.split()[2].rstrip(":") for line in up.stdout.splitlines() if "creating" in line]
-        assert order == ["volume.cache", "container.db", "container.web"]
+        assert order[2:] == ["container.db", "container.web"]
+        assert set(order[:2]) == {"volume.cache", "network.default"}  # compose's default network
+        by_name = run_nova("exec", "container", "web", "--", "ping", "-c1", "-W2", "db.shop.nova",
+                           cwd=project)
+        assert by_name.returncode == 0, by_name.stdout + by_name.stderr
         listing = {i["name"]: i["state"] for i in json.loads(run_nova("ls", "--json").stdout)}
         assert listing == {"db": "running", "web": "running"}
         logs = run_nova("logs", "container", "web", cwd=project)
