@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -56,7 +57,8 @@ def test_quickstart_round_trip(run_nova, nova_home: Path, tmp_path: Path) -> Non
         assert (nova_home / "drivers/local/quickstart/data/data").is_dir()
         assert "up to date" in run_nova("up", "-f", QUICKSTART, check=True).stdout
         listing = json.loads(run_nova("ls", "--json", check=True).stdout)
-        assert [(i["name"], i["state"]) for i in listing] == [("hello", "running")]
+        assert sorted((i["name"], i["state"]) for i in listing) == [("hello", "running"),
+                                                                     ("web", "running")]
         ticks = nova_home / "drivers/local/quickstart/data/data/ticks"
         deadline = time.monotonic() + 10
         while not ticks.exists() and time.monotonic() < deadline:
@@ -64,6 +66,13 @@ def test_quickstart_round_trip(run_nova, nova_home: Path, tmp_path: Path) -> Non
         assert ticks.read_text().strip()  # the capsule writes into the named volume
         logs = run_nova("logs", "container", "hello", check=True).stdout
         assert logs == "hello from hello\n"
+        served = subprocess.run(["busybox", "wget", "-qO-", "http://127.0.0.1:8480/ticks"],
+                                capture_output=True, text=True, timeout=10)
+        assert served.returncode == 0 and served.stdout.splitlines()[0] == \
+            ticks.read_text().splitlines()[0]  # the published port serves the shared volume
+        by_name = run_nova("exec", "container", "web", "--", "ping", "-c1", "-W2", "hello",
+                           check=True)
+        assert "1 packets received" in by_name.stdout
     finally:
         down = run_nova("down", "--volumes", "-f", QUICKSTART)
         import shutil
@@ -72,5 +81,5 @@ def test_quickstart_round_trip(run_nova, nova_home: Path, tmp_path: Path) -> Non
 
         shutil.rmtree(run_root(nova_home), ignore_errors=True)
     assert down.returncode == 0, down.stderr
-    assert "2 removed" in down.stdout
+    assert "4 removed" in down.stdout
     assert not (nova_home / "drivers/local/quickstart/data").exists()

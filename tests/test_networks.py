@@ -105,8 +105,17 @@ def test_capsules_reach_each_other_by_name_and_not_across_networks(nova, project
         network = "back"
         command = ["sh", "-c", "{SERVE}"]
         stop_timeout = 2
+
+        [container.old]
+        capsule = "local/busybox:latest"
+        network = "front"
+        runtime = "runc"
+        command = ["sh", "-c", "{LOOP}"]
+        stop_timeout = 2
         """)
     nova("up")
+    with_runc = in_capsule(nova, "old", "ping -c1 -W2 web")  # runc joins the pinned namespaces too
+    assert with_runc.returncode == 0, with_runc.stdout + with_runc.stderr
     pinged = in_capsule(nova, "app", "ping -c1 -W2 web && ping -c1 -W2 web.netp.nova")
     assert pinged.returncode == 0, pinged.stdout + pinged.stderr
     assert in_capsule(nova, "app", "nc web 80 </dev/null").stdout == "hello-from-web\n"
@@ -117,7 +126,8 @@ def test_capsules_reach_each_other_by_name_and_not_across_networks(nova, project
     assert in_capsule(nova, "app", "nslookup db 2>&1; true").stdout.count(db_ip) == 0
     refused = nova("net", "rm", "front", check=False)
     assert refused.returncode == 1
-    assert "network front has instances attached: container.app, container.web" in refused.stderr
+    assert "network front has instances attached: container.app, container.old, container.web" \
+        in refused.stderr
 
 
 def test_published_ports_answer_from_the_host_and_from_outside(nova, project_dir: Path) -> None:

@@ -352,16 +352,21 @@ def net_ls(app: App, as_json: bool, project: str | None) -> None:
 
 
 def _network_row(app: App, name: str, project: str | None) -> tuple[str, Any]:
-    project = _default_project(app, project)
-    row = app.engine.store.resource(project, "network", name)
-    if row is None:
-        raise NovaError(f"no network {name} in project '{project}'", hint="nova net ls lists them")
-    return project, row
+    """The recorded network ``name``: of ``project``, else the only one by that name."""
+    rows = [r for r in app.engine.store.resources(project, kinds=("network",)) if r.name == name]
+    if not rows:
+        where = f" in project '{project}'" if project else ""
+        raise NovaError(f"no network {name}{where}", hint="nova net ls lists them")
+    if len(rows) > 1:
+        projects = ", ".join(sorted(r.project for r in rows))
+        raise NovaError(f"several projects have a network {name}: {projects}",
+                        hint="say which with -p PROJECT")
+    return rows[0].project, rows[0]
 
 
 @net.command("inspect")
 @click.argument("name")
-@project_option("Project of the network (default: the NovaFile's here, else 'default').")
+@project_option("Project of the network (default: the only one with a network NAME).")
 @json_option()
 @pass_app
 def net_inspect(app: App, name: str, project: str | None, as_json: bool) -> None:
@@ -397,16 +402,20 @@ def net_inspect(app: App, name: str, project: str | None, as_json: bool) -> None
         click.echo(f"  {key}: {value if not isinstance(value, dict | list) else json.dumps(value)}")
 
 
-def _option_value(text: str) -> Any:
+def _option_value(text: str, as_list: bool) -> Any:
+    """A -o value: JSON when it parses (true, 42, [..]), else text; lists split on commas."""
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except ValueError:
-        return text.split(",") if "," in text else text
+        value = text
+    if as_list and not isinstance(value, list):
+        return [part for part in str(text).split(",") if part]
+    return value
 
 
 @net.command("create")
 @click.argument("name")
-@project_option("Project of the network (default: the NovaFile's here, else 'default').")
+@project_option("Project of the network (default: 'default').")
 @click.option("--subnet", default=None, help="CIDR, e.g. 10.1.2.0/24 (default: a free /24).")
 @click.option("--gateway", default=None, help="The bridge's address (default: the first).")
 @click.option("--dns/--no-dns", default=False, help="Instances resolve each other by name.")
@@ -429,34 +438,39 @@ def net_create(app: App, name: str, project: str | None, subnet: str | None,
 
     if not is_valid_name(name):
         raise click.BadParameter(f"'{name}' is not a network name ({NAME_RULE})", param_hint="NAME")
-    options: dict[str, Any] = {}
-    for opt in opts:
-        key, sep, value = opt.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"'{opt}' is not KEY=VALUE", param_hint="--opt")
-        options[key] = _option_value(value)
     try:
         entry = NetworkEntry(type=net_type, subnet=subnet, gateway=gateway, dns=dns)
     except ValidationError as error:
         raise click.BadParameter(error.errors()[0]["msg"]) from error
     driver_name = driver_name or default_driver("network", {"type": net_type})
+    model = app.registry.driver_class(DriverKind.NETWORK, driver_name).options_model
+    options: dict[str, Any] = {}
+    for opt in opts:
+        key, sep, value = opt.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"'{opt}' is not KEY=VALUE", param_hint="--opt")
+        field = model.model_fields.get(key)
+        as_list = field is not None and "list" in str(field.annotation)
+        options[key] = _option_value(value, as_list)
     try:
-        model = app.registry.driver_class(DriverKind.NETWORK, driver_name).options_model
         driver_options = model.model_validate(options)
     except ValidationError as error:
         problem = error.errors()[0]
         raise click.BadParameter(f"{'.'.join(map(str, problem['loc']))}: {problem['msg']}",
                                  param_hint="--opt") from error
-    project = _default_project(app, project)
+    project = project or "default"  # not a NovaFile's project: its `nova up` would remove it
     spec = NetworkSpec(ref=ResourceRef(project=project, kind=ResourceKind.NETWORK, name=name),
                        driver=driver_name, base_dir=Path.cwd(), options=driver_options,
                        type=entry.type, subnet=entry.subnet, gateway=entry.gateway, dns=entry.dns)
     with app.lock(project):
-        if app.engine.store.resource(project, "network", name) is not None:
+        existing = app.engine.store.resource(project, "network", name)
+        if existing is not None and existing.state not in ("creating", "failed"):
             raise NovaError(f"network {name} already exists in project '{project}'",
                             hint="nova net inspect shows it")
         step = PlanStep(ref=spec.ref, action="create", reason="nova net create",
-                        driver=driver_name, spec=spec)
+                        driver=driver_name, spec=spec, resume=existing is not None)
+        if existing is not None:
+            step.recorded = app.engine.recorded_spec(existing)
         app.engine.apply(Plan(project=project, steps=[step]), command="nova net create")
         subnet_made = app.engine.store.resource(project, "network", name).data_dict().get("subnet")
     click.echo(f"network {name} created in project '{project}'"
@@ -465,7 +479,7 @@ def net_create(app: App, name: str, project: str | None, subnet: str | None,
 
 @net.command("rm")
 @click.argument("name")
-@project_option("Project of the network (default: the NovaFile's here, else 'default').")
+@project_option("Project of the network (default: the only one with a network NAME).")
 @pass_app
 def net_rm(app: App, name: str, project: str | None) -> None:
     """Remove a network (refused while instances are attached)."""

@@ -134,7 +134,7 @@ class Engine:
         # networks only after the instances that used them were changed.
         steps = ([s for s in deletions if s.ref.kind in INSTANCE_KINDS] + wanted +
                  [s for s in deletions if s.ref.kind not in INSTANCE_KINDS])
-        self.check_ports(project, [desired[k] for k in selected])
+        self.check_ports(project, [desired[k] for k in selected], leaving={row.key for row in gone})
         plan = Plan(project=project, steps=steps, kept=kept)
         if render:
             self.render(plan)
@@ -225,20 +225,34 @@ class Engine:
         rows = [r for r in rows if r.key not in kept]
         return Plan(project=project, steps=self._deletions(rows, "nova down"), kept=kept)
 
-    def check_ports(self, project: str, specs: list[ResourceSpec]) -> None:
-        """Refuse host ports two instances would publish, or that a host program listens on."""
+    def check_ports(self, project: str, specs: list[ResourceSpec],
+                    leaving: set[str] | frozenset[str] = frozenset()) -> None:
+        """Refuse host ports two instances would publish, or that a host program listens on.
+
+        ``leaving``: keys of this project's instances the plan removes (their ports free up).
+        """
         from nova_core.hostinfo.ports import listening, overlaps
 
+        def published(networks: list[str]) -> bool:
+            """Only an instance on a Nova network has its ports published ("host", "none",
+            QEMU's "user" networking: nothing is)."""
+            return any(n not in ("host", "none", "user") for n in networks)
+
         claims: list[tuple[str, PortMapping]] = []
+        mine = set()
         for spec in specs:
             if isinstance(spec, InstanceSpec):
-                claims += [(spec.ref.key, port) for port in spec.ports]
+                mine.add(spec.ref.key)
+                if published(spec.networks):
+                    claims += [(spec.ref.key, port) for port in spec.ports]
         others: list[tuple[str, PortMapping]] = []
-        mine = {key for key, _ in claims}
         for row in self.store.resources(None, kinds=("vm", "container")):
-            if row.project == project and row.key in mine:
-                continue  # its new ports replace its recorded ones
-            for port in row.spec_dict().get("ports") or []:
+            if row.project == project and (row.key in mine or row.key in leaving):
+                continue  # its new ports replace its recorded ones, or it goes
+            recorded = row.spec_dict()
+            if not published(recorded.get("networks") or []):
+                continue
+            for port in recorded.get("ports") or []:
                 label = row.key if row.project == project else f"{row.key} of project {row.project}"
                 others.append((label, PortMapping.model_validate(port)))
         problems = []
@@ -440,7 +454,9 @@ class Engine:
             assert isinstance(spec, InstanceSpec)
             self._wait_for_dependencies(spec)
             spec = self._prepare_instance(spec)
-            self._call("create", spec, lambda: driver.create(spec), self._status_record,
+            # still "creating" until attached: a crash in between is resumed by the next up
+            self._call("create", spec, lambda: driver.create(spec),
+                       lambda status: (Lifecycle.CREATING.value, status.detail, status.data),
                        making=True)
             spec = self._attach_networks(spec)
             self._call("start", spec, lambda: driver.start(spec), self._status_record,

@@ -183,7 +183,14 @@ class StorageEntry(BaseModel):
     """``[services.X.storage]``: size of the capsule's writable layer."""
 
     model_config = ConfigDict(extra="forbid", defer_build=True)
-    size: Size
+    size: Size = Field(description="a hard limit, at least 8Mi")
+
+    @field_validator("size")
+    @classmethod
+    def _big_enough(cls, value: int) -> int:
+        if value < 8 * 2**20:
+            raise ValueError(f"{value} bytes is too small for a writable layer; give at least 8Mi")
+        return value
 
 
 class AuthEntry(BaseModel):
@@ -231,6 +238,18 @@ class NetworkEntry(_Entry):
     dns: bool = Field(False, description="instances resolve each other by name")
     mtu: int | None = Field(None, ge=576, le=65535)
     interfaces: StrList = Field(default_factory=list, description="uplink interfaces to enslave")
+
+    @field_validator("gateway")
+    @classmethod
+    def _gateway(cls, value: str | None) -> str | None:
+        if value is not None:
+            import ipaddress
+
+            try:
+                return str(ipaddress.ip_address(value))
+            except ValueError as error:
+                raise ValueError(f"'{value}' is not an IP address like 10.1.2.1") from error
+        return value
 
     @field_validator("subnet")
     @classmethod

@@ -232,6 +232,11 @@ def load_novafile(path: Path, registry: PluginRegistry) -> NovaFile:
 
     _cross_check(specs, data, problems)
     problems.raise_if_any()
+    for spec in specs.values():
+        if isinstance(spec, ContainerSpec | VmSpec) and spec.ports and \
+                not any(n not in ("host", "none", "user") for n in spec.networks):
+            notes.append(f"{spec.ref.key}: ports are published only on a Nova network; "
+                         "add network = \"NAME\" with a [network.NAME] table")
     return NovaFile(path=path, project=project, specs=specs, notes=notes, is_boltfile=is_bolt)
 
 

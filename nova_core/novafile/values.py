@@ -25,8 +25,9 @@ def parse_port(text: str) -> PortMapping:
         if not 1 <= port <= 65535:
             raise ValueError(f"port {port} in '{text}' is outside 1-65535")
     ip = match.group("ip")
+    ip = ip.strip("[]") if ip else None
     return PortMapping(
-        host_ip=ip.strip("[]") if ip else None,
+        host_ip=None if ip in ("0.0.0.0", "::") else ip,  # every address, as with none
         host_port=host,
         target_port=target,
         protocol=match.group("proto") or "tcp",  # type: ignore[arg-type]

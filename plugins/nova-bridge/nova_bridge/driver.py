@@ -95,7 +95,7 @@ class BridgeDriver(NetworkDriver):
     def dns_service(self, record: NetworkRecord) -> DnsService:
         """The dnsmasq of ``record``."""
         return DnsService(net_run_root(self.context.nova_home) / record.bridge,
-                          self.ledger.root / "dns" / f"{record.project}-{record.name}")
+                          self.ledger.root / "dns" / record.project / record.name)
 
     def _mtu(self, spec: NetworkSpec) -> int | None:
         return spec.mtu
@@ -122,12 +122,12 @@ class BridgeDriver(NetworkDriver):
             if given and ipaddress.ip_address(given) not in network:
                 raise NovaError(f"network {spec.ref.name}: gateway {given} is not in {value}",
                                 hint="pick a gateway inside the subnet, or leave it out")
-            chosen = given or str(next(network.hosts()))
+            chosen = str(ipaddress.ip_address(given)) if given else str(next(network.hosts()))
             if network.version == 4:
                 gateway = chosen
             else:
                 gateway6 = chosen
-        if spec.gateway and spec.gateway not in (gateway, gateway6):
+        if spec.gateway and str(ipaddress.ip_address(spec.gateway)) not in (gateway, gateway6):
             raise NovaError(f"network {spec.ref.name}: gateway {spec.gateway} fits no subnet "
                             "of the network")
         ip_range = getattr(options, "ip_range", None)
@@ -266,8 +266,11 @@ class BridgeDriver(NetworkDriver):
         problems = []
         if not up:
             problems.append(f"bridge {record.bridge} is missing")
-        if not firewall.table_exists(firewall.table_name(self.context.nova_home)):
+        loaded = firewall.loaded_comments(firewall.table_name(self.context.nova_home), record)
+        if loaded is None:
             problems.append("its nftables rules are missing")
+        elif loaded != firewall.rule_comments(self.ledger.all(), record):
+            problems.append("its nftables rules are out of date")
         if DnsService.wanted(record) and self.dns_service(record).supervisor_pid() is None:
             problems.append("dnsmasq is not running")
         data = {"bridge": record.bridge, "subnet": record.subnet or "",
@@ -341,16 +344,21 @@ class BridgeDriver(NetworkDriver):
                 lease = self._new_lease(record, spec, instance)
                 record.leases[key] = lease
                 ledger.put(record)  # recorded before anything is made
+            service = self.dns_service(record)
             try:
                 self._make_lease_links(links, record, lease)
-                service = self.dns_service(record)
+                ledger.put(record)  # with the interface name the links got
+                self._sync_host(ledger)  # the port's anti-spoofing rules
                 if DnsService.wanted(record):
                     service.ensure_running(record)
                     service.add(record, lease)
             except BaseException:
-                self._remove_lease_links(links, lease)
-                record.leases.pop(key, None)
-                ledger.put(record)
+                try:
+                    service.remove(key)
+                    self._remove_lease_links(links, lease)
+                finally:  # the original error is what the user needs to see
+                    record.leases.pop(key, None)
+                    ledger.put(record)
                 raise
         details = {"bridge": record.bridge, "mac": lease.mac, "domain": record.domain,
                    "interface": lease.inner or lease.link}
@@ -390,8 +398,9 @@ class BridgeDriver(NetworkDriver):
                          ip=ip, ip6=ip6, ports=ports)
         namespace = netns.instance_netns(self.context.nova_home, instance.ref.project,
                                          instance.ref.kind.value, instance.ref.name)
+        position = instance.networks.index(record.name) if record.name in instance.networks else 0
         return Lease(instance=key, name=instance.ref.name, mac=mac, endpoint="netns", link=veth,
-                     ip=ip, ip6=ip6, netns=str(namespace), ports=ports)
+                     ip=ip, ip6=ip6, netns=str(namespace), inner=f"eth{position}", ports=ports)
 
     def _make_lease_links(self, links: Links, record: NetworkRecord, lease: Lease) -> None:
         if lease.endpoint == "tap":
@@ -400,19 +409,18 @@ class BridgeDriver(NetworkDriver):
         assert lease.netns
         namespace = Path(lease.netns)
         netns.create(namespace)
-        present = links_inside(namespace)
-        first = not present
-        if lease.inner is None or lease.inner not in present:
-            if not links.exists(lease.link):
-                lease.inner = f"eth{len(present)}"
-                links.add_veth(lease.link, record.bridge, namespace, lease.inner, lease.mac,
-                               record.mtu)
+        if lease.inner is None:  # a lease recorded before names came from the position
+            lease.inner = f"eth{len(links_inside(namespace))}"
+        if not links.exists(lease.link):
+            links.add_veth(lease.link, record.bridge, namespace, lease.inner, lease.mac,
+                           record.mtu)
         addresses = []
         for address, subnet in ((lease.ip, record.subnet), (lease.ip6, record.subnet6)):
             if address and subnet:
                 addresses.append((address, ipaddress.ip_network(subnet).prefixlen))
         gateways = [g for g in (record.gateway, record.gateway6) if g]
-        configure_inside(namespace, str(lease.inner), addresses, gateways, default_route=first)
+        configure_inside(namespace, lease.inner, addresses, gateways,
+                         default_route=lease.inner == "eth0")  # the instance's first network
 
     def _remove_lease_links(self, links: Links, lease: Lease) -> None:
         links.delete(lease.link)  # a veth's peer goes with it
@@ -439,10 +447,12 @@ class BridgeDriver(NetworkDriver):
                 links.delete(tap)
             self._remove_lease_links(links, lease)
             if record is not None:
-                self.dns_service(record).remove(key)
+                service = self.dns_service(record)
+                service.remove(key)
+                if not DnsService.wanted(record):
+                    service.stop()  # the last VM left a network without dns
                 ledger.put(record)
-                if lease.published:
-                    self._sync_host(ledger)
+                self._sync_host(ledger)
 
     def _publish(self, spec: NetworkSpec, instance: InstanceSpec, published: bool) -> None:
         with self.ledger.locked() as ledger:

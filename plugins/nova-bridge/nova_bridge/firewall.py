@@ -5,10 +5,13 @@ change and loaded as a single ``nft -j -f -`` transaction ("add table; delete ta
 add table; chains; rules"), so the host never sees half a ruleset and rules Nova did
 not make are never read, flushed or edited. With no networks left, the table goes.
 
-- raw prerouting and output: no connection tracking for instance-to-instance traffic
-  and the VXLAN underlay (nothing there is NATed).
-- forward: an ``isolated`` network's traffic stays on its bridge; any other network
-  cannot reach other Nova bridges (``nvb*``, whichever NOVA_HOME made them).
+- raw prerouting and output: no loopback addresses from a bridge; no connection
+  tracking for instance-to-instance traffic and the VXLAN underlay (never NATed).
+- input: an instance reaches only its own network's gateway; an isolated network
+  only DNS and DHCP.
+- forward: an ``isolated`` network's traffic stays on its bridge; others let in only
+  replies and published ports, and cannot reach other Nova bridges (``nvb*``,
+  whichever NOVA_HOME made them).
 - postrouting: masquerade what leaves a NAT network; masquerade what reaches it from
   127.0.0.0/8 (ports published on localhost) and hairpinned published traffic.
 - prerouting and output: DNAT published ports of running instances, for traffic from
@@ -56,25 +59,71 @@ def _family(cidr_or_ip: str) -> str:
     return "ip6" if ":" in cidr_or_ip else "ip"
 
 
-def forward_rules(record: NetworkRecord) -> list[tuple[list[Rule], str]]:
-    """(expressions, comment) of the forward chain for one network."""
-    bridge = record.bridge
+def _label(record: NetworkRecord) -> str:
+    """The prefix of every rule comment of ``record`` (how status finds its rules)."""
+    return f"{record.project}/{record.name}"
+
+
+Rules = list[tuple[list[Rule], str]]
+
+
+def forward_rules(record: NetworkRecord) -> tuple[Rules, Rules, Rules]:
+    """(isolation, accepts, drops) of the forward chain for one network.
+
+    Isolated networks: nothing leaves or enters the bridge. Others: replies and
+    published ports (DNAT) enter, nothing else does (a LAN host routing to the
+    subnet gets nowhere); nothing leaves towards another Nova bridge.
+    """
+    bridge, label = record.bridge, _label(record)
+    inside, outside = _match(_meta("iifname"), bridge), _match(_meta("oifname"), bridge, "!=")
+    entering = [_match(_meta("oifname"), bridge), _match(_meta("iifname"), bridge, "!=")]
     if record.isolated:
-        return [([_match(_meta("iifname"), bridge), _match(_meta("oifname"), bridge, "!="),
-                  {"drop": None}], f"{record.name}: isolated, nothing leaves"),
-                ([_match(_meta("oifname"), bridge), _match(_meta("iifname"), bridge, "!="),
-                  {"drop": None}], f"{record.name}: isolated, nothing enters")]
-    return [([_match(_meta("iifname"), bridge), _match(_meta("oifname"), bridge, "!="),
-              _match(_meta("oifname"), BRIDGE_PREFIX + "*"), {"drop": None}],
-             f"{record.name}: no traffic to other Nova networks")]
+        return ([([inside, outside, {"drop": None}], f"{label}: isolated, nothing leaves"),
+                 ([*entering, {"drop": None}], f"{label}: isolated, nothing enters")], [], [])
+    accepts = [([*entering, _match({"ct": {"key": "state"}}, ["established", "related"], "in"),
+                 {"accept": None}], f"{label}: replies enter"),
+               ([*entering, _match({"ct": {"key": "status"}}, "dnat", "in"), {"accept": None}],
+                f"{label}: published ports enter")]
+    drops = [([inside, outside, _match(_meta("oifname"), BRIDGE_PREFIX + "*"), {"drop": None}],
+              f"{label}: no traffic to other Nova networks"),
+             ([*entering, {"drop": None}], f"{label}: nothing else enters")]
+    return [], accepts, drops
 
 
-def nat_rules(record: NetworkRecord) -> list[tuple[list[Rule], str]]:
+def input_rules(record: NetworkRecord) -> Rules:
+    """What instances may send to the host itself.
+
+    An instance reaches its own gateway (DNS, DHCP, the host), never another
+    network's gateway (and so never another network's dnsmasq); an isolated
+    network reaches only DNS, DHCP and IPv6 neighbour discovery on its bridge.
+    """
+    bridge, label = record.bridge, _label(record)
+    rules: Rules = []
+    for gateway in (record.gateway, record.gateway6):
+        if gateway:
+            family = _family(gateway)
+            rules.append(([_match(_meta("iifname"), BRIDGE_PREFIX + "*"),
+                           _match(_meta("iifname"), bridge, "!="),
+                           _match(_payload(family, "daddr"), gateway), {"drop": None}],
+                          f"{label}: its gateway is only for its own bridge"))
+    if record.isolated:
+        inside = _match(_meta("iifname"), bridge)
+        rules += [([inside, _match(_payload("udp", "dport"), {"set": [53, 67]}), {"accept": None}],
+                   f"{label}: isolated, DNS and DHCP only"),
+                  ([inside, _match(_payload("tcp", "dport"), 53), {"accept": None}],
+                   f"{label}: isolated, DNS over TCP"),
+                  ([inside, _match(_meta("l4proto"), "ipv6-icmp"), {"accept": None}],
+                   f"{label}: isolated, IPv6 neighbour discovery"),
+                  ([inside, {"drop": None}], f"{label}: isolated, nothing else reaches the host")]
+    return rules
+
+
+def nat_rules(record: NetworkRecord) -> Rules:
     """(expressions, comment) of the postrouting chain for one network."""
     if record.isolated:
         return []
     rules = []
-    bridge = record.bridge
+    bridge, label = record.bridge, _label(record)
     for subnet in (record.subnet, record.subnet6):
         if not subnet:
             continue
@@ -82,25 +131,29 @@ def nat_rules(record: NetworkRecord) -> list[tuple[list[Rule], str]]:
         if record.nat:
             rules.append(([_match(_payload(family, "saddr"), _prefix(subnet)),
                            _match(_meta("oifname"), bridge, "!="), {"masquerade": None}],
-                          f"{record.name}: outbound NAT"))
+                          f"{label}: outbound NAT"))
         rules.append(([_match(_meta("oifname"), bridge), _match(_payload(family, "saddr"),
                                                                  _prefix(subnet)),
                        _match({"ct": {"key": "status"}}, "dnat", "in"), {"masquerade": None}],
-                      f"{record.name}: hairpin to published ports"))
+                      f"{label}: hairpin to published ports"))
     if record.subnet and _family(record.subnet) == "ip":
         rules.append(([_match(_meta("oifname"), bridge),
                        _match(_payload("ip", "saddr"), _prefix("127.0.0.0/8")),
-                       {"masquerade": None}], f"{record.name}: ports published on localhost"))
+                       {"masquerade": None}], f"{label}: ports published on localhost"))
     return rules
 
 
-def port_rules(record: NetworkRecord, lease: Lease) -> list[tuple[list[Rule], str]]:
+WILDCARD_ADDRESSES = ("0.0.0.0", "::")
+
+
+def port_rules(record: NetworkRecord, lease: Lease) -> Rules:
     """(expressions, comment) that DNAT ``lease``'s published ports (prerouting and output)."""
     if record.isolated or not lease.published:
         return []
     rules = []
     for port in lease.ports:
         host_ip = port.get("host_ip")
+        host_ip = None if host_ip in WILDCARD_ADDRESSES else host_ip
         protocol = str(port.get("protocol", "tcp"))
         for family, address in (("ip", lease.ip), ("ip6", lease.ip6)):
             if not address or (host_ip and _family(str(host_ip)) != family):
@@ -112,45 +165,55 @@ def port_rules(record: NetworkRecord, lease: Lease) -> list[tuple[list[Rule], st
                            _match(_payload(protocol, "dport"), int(port["host_port"])),
                            {"dnat": {"family": family, "addr": address,
                                      "port": int(port["target_port"])}}],
-                          f"{record.name}: {lease.instance} "
-                          f"{host_ip + ':' if host_ip else ''}{port['host_port']}"
+                          f"{_label(record)}: {lease.instance} "
+                          f"{str(host_ip) + ':' if host_ip else ''}{port['host_port']}"
                           f" -> {port['target_port']}/{protocol}"))
     return rules
 
 
-def untracked_rules(record: NetworkRecord) -> dict[str, list[tuple[list[Rule], str]]]:
-    """Traffic that needs no NAT skips connection tracking (raw prerouting and output).
+def raw_rules(record: NetworkRecord) -> tuple[Rules, Rules]:
+    """(prerouting, output) rules before connection tracking.
 
-    Conntrack costs about a tenth of the throughput between instances; only what is
-    NATed needs it. Untracked: instance to instance within a subnet (not to a gateway
-    address, where masqueraded hairpin replies arrive) and the VXLAN underlay to and
-    from the peers.
+    - Nothing from the bridge may claim or target 127.0.0.0/8: the bridge has
+      ``route_localnet`` (for ports published on localhost), which would otherwise
+      let an instance reach the host's loopback-only services.
+    - Traffic that is never NATed skips connection tracking, which costs about a
+      tenth of the throughput between instances: instance to instance within the
+      bridge's subnet (not to a gateway address, where masqueraded hairpin replies
+      arrive) and the VXLAN underlay to and from the peers.
     """
-    pre: list[tuple[list[Rule], str]] = []
-    out: list[tuple[list[Rule], str]] = []
+    pre: Rules = []
+    out: Rules = []
+    bridge, label = record.bridge, _label(record)
+    inside = _match(_meta("iifname"), bridge)
+    if record.subnet and _family(record.subnet) == "ip":
+        for field in ("saddr", "daddr"):
+            pre.append(([inside, _match(_payload("ip", field), _prefix("127.0.0.0/8")),
+                         {"drop": None}], f"{label}: no loopback {field} from the bridge"))
     for subnet, gateway in ((record.subnet, record.gateway), (record.subnet6, record.gateway6)):
         if not subnet:
             continue
         family = _family(subnet)
-        where = [_match(_payload(family, "saddr"), _prefix(subnet)),
+        where = [inside, _match(_payload(family, "saddr"), _prefix(subnet)),
                  _match(_payload(family, "daddr"), _prefix(subnet))]
         if gateway:
             where.append(_match(_payload(family, "daddr"), gateway, "!="))
-        pre.append(([*where, {"notrack": None}], f"{record.name}: instance to instance"))
+        pre.append(([*where, {"notrack": None}], f"{label}: instance to instance"))
     vxlan = record.vxlan or {}
     for peer in vxlan.get("peers", []):  # type: ignore[union-attr]
         family = _family(str(peer))
         port = int(vxlan["port"])  # type: ignore[arg-type]
         pre.append(([_match(_payload(family, "saddr"), peer), _match(_payload("udp", "dport"), port),
-                     {"notrack": None}], f"{record.name}: VXLAN from {peer}"))
+                     {"notrack": None}], f"{label}: VXLAN from {peer}"))
         out.append(([_match(_payload(family, "daddr"), peer), _match(_payload("udp", "dport"), port),
-                     {"notrack": None}], f"{record.name}: VXLAN to {peer}"))
-    return {"raw_prerouting": pre, "raw_output": out}
+                     {"notrack": None}], f"{label}: VXLAN to {peer}"))
+    return pre, out
 
 
 CHAINS = {
     "raw_prerouting": ("filter", "prerouting", -300),
     "raw_output": ("filter", "output", -300),
+    "input": ("filter", "input", 0),
     "forward": ("filter", "forward", 0),
     "prerouting": ("nat", "prerouting", -100),
     "output": ("nat", "output", -100),
@@ -158,25 +221,123 @@ CHAINS = {
 }
 
 
-def chain_rules(records: list[NetworkRecord]) -> dict[str, list[tuple[list[Rule], str]]]:
-    """Every chain's rules for ``records``."""
-    chains: dict[str, list[tuple[list[Rule], str]]] = {name: [] for name in CHAINS}
+def chain_rules(records: list[NetworkRecord]) -> dict[str, Rules]:
+    """Every chain's rules for ``records``.
+
+    In forward, every network's isolation comes first, then every network's accepts
+    (replies, published ports: reachable from anywhere, as from other hosts), then the
+    drops, so the outcome never depends on the order of the networks.
+    """
+    chains: dict[str, Rules] = {name: [] for name in CHAINS}
+    isolation: Rules = []
+    accepts: Rules = []
+    drops: Rules = []
     for record in records:
-        for chain, rules in untracked_rules(record).items():
-            chains[chain] += rules
-        chains["forward"] += forward_rules(record)
+        pre, out = raw_rules(record)
+        chains["raw_prerouting"] += pre
+        chains["raw_output"] += out
+        chains["input"] += input_rules(record)
+        isolated, accepted, dropped = forward_rules(record)
+        isolation += isolated
+        accepts += accepted
+        drops += dropped
         chains["postrouting"] += nat_rules(record)
         for lease in record.leases.values():
             published = port_rules(record, lease)
             chains["prerouting"] += published
             chains["output"] += published
+    chains["forward"] = isolation + accepts + drops
     return chains
 
 
-def transaction(table: str, records: list[NetworkRecord]) -> dict[str, Any]:
-    """The nft JSON document that replaces Nova's table with the rules for ``records``."""
-    ref = {"family": "inet", "name": table}
+def rule_comments(records: list[NetworkRecord], record: NetworkRecord) -> list[tuple[str, str]]:
+    """(chain, comment) of ``record``'s rules as :func:`transaction` would load them."""
+    prefix = _label(record) + ":"
+    return sorted((chain, comment[:128]) for chain, rules in chain_rules(records).items()
+                  for _, comment in rules if comment.startswith(prefix))
+
+
+def loaded_comments(table: str, record: NetworkRecord) -> list[tuple[str, str]] | None:
+    """(chain, comment) of ``record``'s rules in the host's table; None without the table."""
+    try:
+        done = subprocess.run(["nft", "-j", "list", "table", "inet", table], capture_output=True,
+                              text=True)
+    except FileNotFoundError:
+        return None
+    if done.returncode != 0:
+        return None
+    prefix = _label(record) + ":"
+    found = []
+    for item in json.loads(done.stdout).get("nftables", []):
+        rule = item.get("rule")
+        if rule and str(rule.get("comment", "")).startswith(prefix):
+            found.append((rule["chain"], rule["comment"]))
+    return sorted(found)
+
+
+def antispoof_chains(records: list[NetworkRecord]) -> dict[str, Rules]:
+    """Per instance port: frames must carry the lease's MAC and addresses.
+
+    Capsule root holds CAP_NET_RAW over its own network namespace (ping works), so it
+    could forge frames; these rules keep it from taking over another instance's or the
+    gateway's address on the shared bridge. A VM may also send from 0.0.0.0 / :: (DHCP,
+    duplicate address detection) and every instance from IPv6 link-local addresses.
+    """
+    chains: dict[str, Rules] = {}
+    for record in records:
+        for lease in record.leases.values():
+            label = f"{_label(record)}: {lease.instance}"
+            rules: Rules = [([_match({"payload": {"protocol": "ether", "field": "saddr"}},
+                                     lease.mac, "!="), {"drop": None}], f"{label} MAC")]
+            ipv4 = [lease.ip] if lease.ip else []
+            if lease.endpoint == "tap":
+                ipv4.append("0.0.0.0")
+            rules.append(([_match(_meta("protocol"), "arp"),
+                           _match({"payload": {"protocol": "arp", "field": "saddr ip"}},
+                                  {"set": ipv4} if ipv4 else "0.0.0.0", "!="),
+                           {"drop": None}], f"{label} ARP"))
+            rules.append(([_match(_meta("protocol"), "ip"),
+                           _match(_payload("ip", "saddr"), {"set": ipv4} if ipv4 else "0.0.0.0",
+                                  "!="), {"drop": None}], f"{label} IPv4"))
+            ipv6: list[Any] = [{"prefix": {"addr": "fe80::", "len": 10}}, "::"]
+            if lease.ip6:
+                ipv6.insert(0, lease.ip6)
+            rules.append(([_match(_meta("protocol"), "ip6"),
+                           _match(_payload("ip6", "saddr"), {"set": ipv6}, "!="),
+                           {"drop": None}], f"{label} IPv6"))
+            chains[lease.link] = rules
+    return chains
+
+
+def _bridge_commands(table: str, records: list[NetworkRecord]) -> list[dict[str, Any]]:
+    """The ``bridge`` family table: a verdict map from each instance port to its chain."""
+    ref = {"family": "bridge", "name": table}
     commands: list[dict[str, Any]] = [{"add": {"table": ref}}, {"delete": {"table": ref}}]
+    chains = antispoof_chains(records)
+    if not chains:
+        return commands
+    commands.append({"add": {"table": ref}})
+    commands.append({"add": {"chain": {"family": "bridge", "table": table, "name": "ports",
+                                       "type": "filter", "hook": "prerouting", "prio": -200,
+                                       "policy": "accept"}}})
+    for link, rules in chains.items():
+        commands.append({"add": {"chain": {"family": "bridge", "table": table, "name": link}}})
+        for expressions, comment in rules:
+            commands.append({"add": {"rule": {"family": "bridge", "table": table, "chain": link,
+                                              "expr": expressions, "comment": comment[:128]}}})
+    commands.append({"add": {"rule": {
+        "family": "bridge", "table": table, "chain": "ports", "comment": "each instance port",
+        "expr": [{"vmap": {"key": _meta("iifname"),
+                           "data": {"set": [[link, {"jump": {"target": link}}]
+                                            for link in chains]}}}]}}})
+    return commands
+
+
+def transaction(table: str, records: list[NetworkRecord]) -> dict[str, Any]:
+    """The nft JSON document that replaces Nova's tables with the rules for ``records``."""
+    ref = {"family": "inet", "name": table}
+    commands: list[dict[str, Any]] = [*_bridge_commands(table, records),
+                                      {"add": {"table": ref}}, {"delete": {"table": ref}}]
     if records:
         commands.append({"add": {"table": ref}})
         chains = chain_rules(records)
@@ -194,34 +355,88 @@ def transaction(table: str, records: list[NetworkRecord]) -> dict[str, Any]:
     return {"nftables": [{"metainfo": {"json_schema_version": 1}}, *commands]}
 
 
-def apply(table: str, records: list[NetworkRecord]) -> None:
-    """Load the table for ``records`` in one transaction (removes it when there are none)."""
-    document = json.dumps(transaction(table, records))
+class _Libnftables:
+    """libnftables through ctypes: one transaction without starting an ``nft`` process
+    (every attach and detach reloads the tables, so this is on the hot path)."""
+
+    def __init__(self) -> None:
+        import ctypes
+
+        lib = ctypes.CDLL("libnftables.so.1")
+        lib.nft_ctx_new.restype = ctypes.c_void_p
+        lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
+        for name in ("nft_ctx_output_set_flags",):
+            getattr(lib, name).argtypes = [ctypes.c_void_p, ctypes.c_uint32]
+        lib.nft_ctx_buffer_output.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_buffer_error.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
+        lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        lib.nft_ctx_free.argtypes = [ctypes.c_void_p]
+        self.lib = lib
+
+    def run(self, document: str) -> str | None:
+        """Run a JSON document; the error text on failure, else None."""
+        ctx = self.lib.nft_ctx_new(0)
+        try:
+            self.lib.nft_ctx_output_set_flags(ctx, 1 << 4)  # NFT_CTX_OUTPUT_JSON
+            self.lib.nft_ctx_buffer_output(ctx)
+            self.lib.nft_ctx_buffer_error(ctx)
+            if self.lib.nft_run_cmd_from_buffer(ctx, document.encode()) != 0:
+                return (self.lib.nft_ctx_get_error_buffer(ctx) or b"").decode(errors="replace")
+            return None
+        finally:
+            self.lib.nft_ctx_free(ctx)
+
+
+_LIBNFTABLES: list[_Libnftables | None] = []
+
+
+def _run_document(document: str) -> str | None:
+    """Load a JSON document through libnftables, or ``nft -j -f -`` without it."""
+    if not _LIBNFTABLES:
+        try:
+            _LIBNFTABLES.append(_Libnftables())
+        except (OSError, AttributeError):
+            _LIBNFTABLES.append(None)
+    if _LIBNFTABLES[0] is not None:
+        return _LIBNFTABLES[0].run(document)
     try:
         done = subprocess.run(["nft", "-j", "-f", "-"], input=document, capture_output=True,
                               text=True, timeout=30)
     except FileNotFoundError:
         raise NovaError("nft is not installed; Nova's networks need nftables",
                         hint="apt-get install nftables") from None
-    if done.returncode != 0:
-        raise NovaError(f"nftables refused Nova's rules: {done.stderr.strip()[:400]}",
+    return done.stderr if done.returncode != 0 else None
+
+
+def apply(table: str, records: list[NetworkRecord]) -> None:
+    """Load the tables for ``records`` in one transaction (removes them when there are none)."""
+    error = _run_document(json.dumps(transaction(table, records)))
+    if error is not None:
+        raise NovaError(f"nftables refused Nova's rules: {error.strip()[:400]}",
                         hint="nova doctor checks nftables; run with --debug for details")
 
 
 def table_exists(table: str) -> bool:
     """True if the host has Nova's table (for status and tests)."""
-    done = subprocess.run(["nft", "-j", "list", "table", "inet", table], capture_output=True,
-                          text=True)
+    try:
+        done = subprocess.run(["nft", "-j", "list", "table", "inet", table], capture_output=True,
+                              text=True)
+    except FileNotFoundError:
+        return False
     return done.returncode == 0
 
 
 class Forwarding:
-    """The IP forwarding sysctls: turned on for Nova's networks, recorded, and put back.
+    """The IP forwarding sysctls: turned on when Nova's networks need them, and recorded.
 
     Forwarding is per network namespace. Nova enables ``net.ipv4.ip_forward`` (and
-    ``net.ipv6.conf.all.forwarding`` when a network has an IPv6 subnet) only while it
-    has a network that is not isolated, remembers the value it found in
-    ``sysctl.json``, and restores it when its last such network is removed.
+    ``net.ipv6.conf.all.forwarding`` when a network has an IPv6 subnet) when it makes
+    a network that is not isolated, and records the value it found in ``sysctl.json``
+    (``nova doctor`` shows it). It never turns forwarding back off: another NOVA_HOME,
+    or docker or libvirt started since, may rely on it; the forward chain keeps
+    unpublished instances unreachable either way.
     """
 
     KEYS = {4: "net/ipv4/ip_forward", 6: "net/ipv6/conf/all/forwarding"}
@@ -234,7 +449,7 @@ class Forwarding:
         return json.loads(self.path.read_text()) if self.path.exists() else {}
 
     def sync(self, records: list[NetworkRecord]) -> dict[str, str]:
-        """Turn forwarding on for what ``records`` need, back off for what none needs."""
+        """Turn forwarding on for what ``records`` need; return what Nova changed, ever."""
         recorded = self._recorded()
         needed = set()
         for record in records:
@@ -249,10 +464,6 @@ class Forwarding:
                 if current != "1":
                     recorded.setdefault(key, current)
                     knob.write_text("1\n")
-            elif key in recorded:
-                knob.write_text(recorded.pop(key) + "\n")
         if recorded:
             self.path.write_text(json.dumps(recorded, indent=1))
-        else:
-            self.path.unlink(missing_ok=True)
         return recorded

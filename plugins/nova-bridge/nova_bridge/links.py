@@ -219,8 +219,9 @@ def configure_inside(namespace: Path, inner: str, addresses: list[tuple[str, int
             ipr.link("set", index=index, state="up")
             if default_route:
                 for gateway in gateways:
-                    ipr.route("replace", dst="default", gateway=gateway, oif=index,
-                              family=6 if ":" in gateway else 2)
+                    six = ":" in gateway
+                    ipr.route("replace", dst="::/0" if six else "0.0.0.0/0", gateway=gateway,
+                              oif=index, family=10 if six else 2)
 
     try:
         netns.run_inside(namespace, work)

@@ -289,7 +289,7 @@ def test_a_vm_gets_its_reserved_address_by_dhcp(driver: BridgeDriver, made) -> N
         finally:
             script.unlink()
         assert f"lease {attachment.details['ip']} router 10.251.10.1" in done.stdout, done
-        leases = Ledger(driver.context.nova_home).root / "dns" / "brt-lan" / "leases"
+        leases = Ledger(driver.context.nova_home).root / "dns" / "brt" / "lan" / "leases"
         assert f"{attachment.details['mac']} {attachment.details['ip']} guest" in leases.read_text()
     finally:
         subprocess.run(["ip", "link", "del", "nvtestdh0"], check=False)
@@ -430,4 +430,89 @@ def test_after_a_reboot_update_remakes_the_network_and_start_replugs(driver: Bri
     inside = subprocess.run(["ip", "-n", Path(attachment.details["netns"]).name, "-4", "addr"],
                             capture_output=True, text=True, check=True).stdout
     assert f"inet {attachment.details['ip']}/24" in inside  # the same address as before
+    driver.detach(spec, attachment)
+
+
+def in_ns(namespace: Path, *argv: str, timeout: float = 10) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["nsenter", f"--net={namespace}", *argv], capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def test_an_instance_cannot_forge_addresses_on_the_bridge(driver: BridgeDriver, made) -> None:
+    """The test holds root in the instance's namespace, more than capsule root has."""
+    spec = made(network(subnet="10.251.18.0/24"))
+    attachment = driver.attach(spec, capsule("spoof"))
+    namespace = Path(attachment.details["netns"])
+    assert in_ns(namespace, "busybox", "ping", "-c1", "-W2", "10.251.18.1").returncode == 0
+    subprocess.run(["ip", "-n", namespace.name, "addr", "add", "10.251.18.99/24", "dev", "eth0"],
+                   check=True)
+    forged = in_ns(namespace, "busybox", "ping", "-c1", "-W1", "-I", "10.251.18.99", "10.251.18.1")
+    assert forged.returncode != 0  # another address than its lease's: dropped at the port
+    subprocess.run(["ip", "-n", namespace.name, "link", "set", "eth0", "address",
+                    "02:00:00:00:00:99"], check=True)
+    assert in_ns(namespace, "busybox", "ping", "-c1", "-W1", "10.251.18.1").returncode != 0
+    driver.detach(spec, attachment)
+
+
+def test_the_bridge_never_reaches_the_hosts_loopback(driver: BridgeDriver, made) -> None:
+    """route_localnet is on (for ports published on 127.0.0.1); a neighbour that routes
+    127.0.0.1 to the gateway must still not reach a host service bound to loopback."""
+    import socket
+
+    spec = made(network(subnet="10.251.19.0/24"))
+    attachment = driver.attach(spec, capsule("sneak"))
+    namespace = Path(attachment.details["netns"])
+    name = namespace.name
+    with socket.socket() as service:
+        service.bind(("127.0.0.1", 0))
+        service.listen()
+        port = service.getsockname()[1]
+        for argv in (["addr", "flush", "dev", "lo"],
+                     ["route", "add", "127.0.0.1/32", "via", "10.251.19.1", "dev", "eth0"]):
+            subprocess.run(["ip", "-n", name, *argv], check=True)
+        in_ns(namespace, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/conf/eth0/route_localnet")
+        sneaked = in_ns(namespace, "busybox", "nc", "-w", "2", "127.0.0.1", str(port))
+        assert sneaked.returncode != 0, "reached the host's loopback-only service"
+    driver.detach(spec, attachment)
+
+
+def test_unpublished_ports_are_unreachable_even_with_a_route(driver: BridgeDriver, made) -> None:
+    """A LAN host that routes the network's subnet to Nova's host still gets nowhere."""
+    spec = made(network(subnet="10.251.20.0/24"))
+    attachment = driver.attach(spec, capsule("quiet"))
+    namespace = Path(attachment.details["netns"])
+    server = subprocess.Popen(["nsenter", f"--net={namespace}", "busybox", "nc", "-l", "-p", "80"],
+                              stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    outside = make_outside_host("nvtest-lan", "198.18.20")
+    try:
+        subprocess.run(["ip", "-n", outside.name, "route", "add", "10.251.20.0/24", "via",
+                        outside.host_address], check=True)
+        tried = outside.run("busybox", "nc", "-w", "2", attachment.details["ip"], "80")
+        assert tried.returncode != 0
+        assert server.poll() is None  # nobody got through to the listener
+    finally:
+        server.kill()
+        server.wait()
+        outside.remove()
+        driver.detach(spec, attachment)
+
+
+def test_update_with_a_capsule_attached_keeps_it_plugged_in(driver: BridgeDriver, made) -> None:
+    spec = made(network(subnet="10.251.21.0/24"))
+    attachment = driver.attach(spec, capsule("kept"))
+    lease = Ledger(driver.context.nova_home).get("brt", "lan").leases["container.kept"]
+    assert lease.inner == "eth0"
+    changed = spec.model_copy(update={"dns": True})
+    assert driver.update(changed, frozenset({"dns"})).state is Lifecycle.CREATED
+    namespace = Path(attachment.details["netns"])
+    assert dig(namespace, "10.251.21.1", "kept") == [attachment.details["ip"]]
+    driver.detach(changed, attachment)
+
+
+def test_an_ipv6_gateway_is_kept_in_canonical_form(driver: BridgeDriver, made) -> None:
+    spec = made(network(subnet="fd00:251:22::/64", gateway="fd00:251:22:0::1"))
+    assert driver.status(spec).data["gateway6"] == "fd00:251:22::1"
+    attachment = driver.attach(spec, capsule("six"))
+    assert attachment.details["ip6"] == "fd00:251:22::2"  # never the gateway's address
     driver.detach(spec, attachment)

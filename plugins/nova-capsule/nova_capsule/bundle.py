@@ -63,7 +63,7 @@ def oci_config(spec: ContainerSpec, *, rootfs: str, argv: list[str], env: dict[s
                cwd: str, uid: int, gid: int, uid_base: int, uid_count: int, cgroups_path: str,
                mounts: list[dict[str, Any]], netns: str | None, host_network: bool,
                hostname: str, userns: str | None = None) -> dict[str, Any]:
-    """The config.json for ``spec``; ``userns`` joins a pinned user namespace (with its ids)."""
+    """The config.json for ``spec``; ``userns`` joins a pinned user namespace (same ids)."""
     namespaces: list[dict[str, str]] = [{"type": t} for t in ("pid", "ipc", "uts", "mount",
                                                                "cgroup")]
     namespaces.append({"type": "user", "path": userns} if userns else {"type": "user"})
@@ -106,9 +106,9 @@ def oci_config(spec: ContainerSpec, *, rootfs: str, argv: list[str], env: dict[s
             *mounts,
         ],
         "linux": {
-            **({} if userns else {
-                "uidMappings": [{"containerID": 0, "hostID": uid_base, "size": uid_count}],
-                "gidMappings": [{"containerID": 0, "hostID": uid_base, "size": uid_count}]}),
+            # also when joining a pinned user namespace (the same mapping): runc needs them
+            "uidMappings": [{"containerID": 0, "hostID": uid_base, "size": uid_count}],
+            "gidMappings": [{"containerID": 0, "hostID": uid_base, "size": uid_count}],
             "namespaces": namespaces,
             "cgroupsPath": cgroups_path,
             "resources": resources,

@@ -113,9 +113,14 @@ class CapsuleFiles:
 
         with open(self.rw_image, "wb") as image:
             image.truncate(size)  # sparse: costs only what is written
-        done = subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", "-L", "nova-rw",
-                               "-E", f"root_owner={owner}:{owner}", str(self.rw_image)],
-                              capture_output=True, text=True)
+        try:
+            done = subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", "-L", "nova-rw",
+                                   "-E", f"root_owner={owner}:{owner}", str(self.rw_image)],
+                                  capture_output=True, text=True)
+        except FileNotFoundError:
+            self.rw_image.unlink(missing_ok=True)
+            raise NovaError("a storage size needs mkfs.ext4, which is not installed",
+                            hint="apt-get install e2fsprogs") from None
         if done.returncode != 0:
             self.rw_image.unlink(missing_ok=True)
             raise NovaError(f"could not make the {size}-byte writable layer: "
@@ -129,8 +134,13 @@ class CapsuleFiles:
         if not self.sized or idmap.is_mounted(self.rw):
             return
         self.rw.mkdir(exist_ok=True)
-        done = subprocess.run(["mount", "-t", "ext4", "-o", "loop,nosuid,nodev",
-                               str(self.rw_image), str(self.rw)], capture_output=True, text=True)
+        try:
+            done = subprocess.run(["mount", "-t", "ext4", "-o", "loop,nosuid,nodev",
+                                   str(self.rw_image), str(self.rw)], capture_output=True,
+                                  text=True)
+        except FileNotFoundError:
+            raise NovaError("mounting a sized writable layer needs mount(8)",
+                            hint="apt-get install mount") from None
         if done.returncode != 0:
             raise NovaError(f"could not mount the writable layer {self.rw_image}: "
                             f"{done.stderr.strip()}", hint="check that loop devices are available")

@@ -45,7 +45,7 @@ from nova_core.drivers.models import (
 )
 from nova_core.errors import NovaError
 
-SPECIAL_NETWORKS = ("host", "none", "user")
+SPECIAL_NETWORKS = ("host", "none")  # as the NovaFile loader has them for containers
 
 
 class CapsuleOptions(DriverOptions):
@@ -268,8 +268,13 @@ class CapsuleDriver(ComputeDriver):
                     hosts.append(f"{attachment.details[key]} {hostname}")
         texts = {"hosts": "\n".join(hosts) + "\n"}
         servers = [a.details["dns"] for a in attached if a.details.get("dns")]
+        if not servers:  # no Nova DNS: the host's resolvers, except loopback ones (as docker)
+            servers = [line.split()[1] for line in _host_resolv_conf().splitlines()
+                       if line.startswith("nameserver") and len(line.split()) > 1
+                       and not line.split()[1].startswith(("127.", "::1"))]
         if servers:
-            domains = sorted({a.details["domain"] for a in attached if a.details.get("domain")})
+            domains = sorted({a.details["domain"] for a in attached
+                              if a.details.get("dns") and a.details.get("domain")})
             texts["resolv.conf"] = ("".join(f"nameserver {s}\n" for s in dict.fromkeys(servers))
                                     + (f"search {' '.join(domains)}\n" if domains else ""))
         mounts: list[dict[str, object]] = []
@@ -508,22 +513,26 @@ class CapsuleDriver(ComputeDriver):
             if self._running(self._runtime(spec), files.read().id) or was_running:
                 self.stop(spec, spec.stop_timeout)  # never swap layers under a live overlay
             meta = files.read()
-            with files.writable_layer():
-                fresh = files.layer_home / "upper.restore"  # same filesystem: renames work
-                shutil.rmtree(fresh, ignore_errors=True)
-                try:
-                    _copy_tree(saved, fresh)
-                except BaseException:
+            try:
+                with files.writable_layer():
+                    fresh = files.layer_home / "upper.restore"  # same filesystem: renames work
                     shutil.rmtree(fresh, ignore_errors=True)
-                    raise
-                old = files.layer_home / "upper.old"
-                os.rename(files.upper, old)
-                os.rename(fresh, files.upper)
-                shutil.rmtree(old, ignore_errors=True)
-                shutil.rmtree(files.work, ignore_errors=True)  # overlay needs an empty workdir
-                files.work.mkdir()
-                os.chown(files.work, meta.uid_base, meta.uid_base)
-            return self.start(spec) if was_running else self.status(spec)
+                    try:
+                        _copy_tree(saved, fresh)
+                    except BaseException:
+                        shutil.rmtree(fresh, ignore_errors=True)
+                        raise
+                    old = files.layer_home / "upper.old"
+                    os.rename(files.upper, old)
+                    os.rename(fresh, files.upper)
+                    shutil.rmtree(old, ignore_errors=True)
+                    shutil.rmtree(files.work, ignore_errors=True)  # overlay needs it empty
+                    files.work.mkdir()
+                    os.chown(files.work, meta.uid_base, meta.uid_base)
+            finally:
+                if was_running:  # restored or not (a full sized layer, say), it runs again
+                    self.start(spec)
+            return self.status(spec)
 
     def delete_snapshot(self, spec: InstanceSpec, name: str) -> None:
         """Remove the snapshot's copy."""
@@ -550,6 +559,13 @@ class CapsuleDriver(ComputeDriver):
                 if self.status(spec).state is not Lifecycle.RUNNING:
                     break
                 time.sleep(0.1)
+
+
+def _host_resolv_conf() -> str:
+    try:
+        return Path("/etc/resolv.conf").read_text(errors="replace")
+    except OSError:
+        return ""
 
 
 def _parse_log_line(line: str) -> LogLine:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import select
 import signal
 import time
 from pathlib import Path
@@ -83,34 +84,44 @@ def pin_namespaces(host_base: int, count: int, userns_path: Path, netns_path: Pa
     CAP_NET_RAW over its own network namespace (ping, low ports, its own firewall),
     while the network driver (host root) plugs interfaces into that namespace.
     """
+    unshare = _libc.unshare  # looked up before the fork: the child only makes system calls
     ready_r, ready_w = os.pipe()
     go_r, go_w = os.pipe()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:
+        for fd in (ready_r, ready_w, go_r, go_w):
+            os.close(fd)
+        raise
     if pid == 0:
         try:
             os.close(ready_r)
             os.close(go_w)
-            if _libc.unshare(CLONE_NEWUSER) != 0:
+            if unshare(CLONE_NEWUSER) != 0:
                 os._exit(1)
             os.write(ready_w, b"1")
-            if os.read(go_r, 1) != b"1" or _libc.unshare(CLONE_NEWNET) != 0:
+            if os.read(go_r, 1) != b"1" or unshare(CLONE_NEWNET) != 0:
                 os._exit(1)
             os.write(ready_w, b"2")
-            time.sleep(30)
+            os.read(go_r, 1)  # held until the parent has pinned both (or has gone)
         finally:
             os._exit(0)
     os.close(ready_w)
     os.close(go_r)
     made: list[Path] = []
+
+    def step(expected: bytes, what: str) -> None:
+        ready, _, _ = select.select([ready_r], [], [], 10)
+        if not ready or os.read(ready_r, 1) != expected:
+            raise NovaError(f"could not create the capsule's {what} namespace")
+
     try:
-        if os.read(ready_r, 1) != b"1":
-            raise NovaError("could not create the capsule's user namespace")
+        step(b"1", "user")
         Path(f"/proc/{pid}/uid_map").write_text(f"0 {host_base} {count}\n")
         Path(f"/proc/{pid}/setgroups").write_text("deny")
         Path(f"/proc/{pid}/gid_map").write_text(f"0 {host_base} {count}\n")
         os.write(go_w, b"1")
-        if os.read(ready_r, 1) != b"2":
-            raise NovaError("could not create the capsule's network namespace")
+        step(b"2", "network")
         for kind, target in (("user", userns_path), ("net", netns_path)):
             target.parent.mkdir(parents=True, exist_ok=True)
             target.touch(exist_ok=True)

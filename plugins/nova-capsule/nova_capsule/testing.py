@@ -28,7 +28,8 @@ BUSYBOX = Path("/bin/busybox")
 APPLETS = ("sh", "true", "false", "echo", "cat", "ls", "sleep", "id", "ps", "hostname", "touch",
            "mkdir", "rm", "env", "grep", "head", "wc", "kill", "chown", "stat", "dd", "mount",
            "nc", "ping", "ip", "seq", "date", "printf", "test", "pwd", "uname", "whoami",
-           "yes", "tail", "cut", "tr", "sort", "readlink", "ln", "cp", "mv", "chmod", "df")
+           "yes", "tail", "cut", "tr", "sort", "readlink", "ln", "cp", "mv", "chmod", "df",
+           "httpd", "wget", "nslookup")
 
 
 def free_port() -> int:
