@@ -101,15 +101,15 @@ def hand_bridge(tag: str, subnet: str, prefix_ns: str = "") -> tuple[list[str], 
     return paths, cleanup
 
 
-def two_hosts() -> tuple[list[str], Callable[[], None]]:
-    """Two namespaces standing in for hosts, joined by a veth underlay 198.18.60.1/2."""
-    names = ["nbhosta", "nbhostb"]
+def two_hosts(tag: str, underlay: str) -> tuple[list[str], Callable[[], None]]:
+    """Two namespaces standing in for hosts, joined by a veth underlay ``underlay``.1/.2."""
+    names = [f"nb{tag}a", f"nb{tag}b"]
     for name in names:
         sh("ip", "netns", "add", name)
     sh("ip", "link", "add", "eth0", "netns", names[0], "type", "veth", "peer", "name", "eth0",
        "netns", names[1])
     for index, name in enumerate(names):
-        sh("ip", "-n", name, "addr", "add", f"198.18.60.{index + 1}/30", "dev", "eth0")
+        sh("ip", "-n", name, "addr", "add", f"{underlay}.{index + 1}/30", "dev", "eth0")
         sh("ip", "-n", name, "link", "set", "eth0", "up")
         sh("ip", "-n", name, "link", "set", "lo", "up")
 
@@ -120,17 +120,17 @@ def two_hosts() -> tuple[list[str], Callable[[], None]]:
     return names, cleanup
 
 
-def hand_vxlan(hosts: list[str]) -> tuple[list[str], Callable[[], None]]:
+def hand_vxlan(hosts: list[str], underlay: str) -> tuple[list[str], Callable[[], None]]:
     """In each host: a bridge (mtu 1450) with a VXLAN device and one container namespace."""
     paths = []
     for index, host in enumerate(hosts):
-        peer = f"198.18.60.{2 - index}"
+        peer = f"{underlay}.{2 - index}"
         ip = ["ip", "-n", host]
         sh(*ip, "link", "add", "hvbr", "mtu", "1450", "type", "bridge")
         sh(*ip, "addr", "add", f"10.253.40.{index + 1}/24", "dev", "hvbr")
         sh(*ip, "link", "set", "hvbr", "up")
         sh(*ip, "link", "add", "hvx", "mtu", "1450", "type", "vxlan", "id", "99", "dstport", "4789",
-           "local", f"198.18.60.{index + 1}")
+           "local", f"{underlay}.{index + 1}")
         sh(*ip, "link", "set", "hvx", "master", "hvbr", "up")
         sh("bridge", "-n", host, "fdb", "append", "00:00:00:00:00:00", "dev", "hvx", "dst", peer)
         ns = f"hvc{index}"
@@ -178,17 +178,28 @@ class Nova:
 
 
 def capsules_file(folder: Path, project: str, network: str, names: list[str]) -> None:
+    """A NovaFile with ``network`` (a [network.NAME] table) and sleeping capsules on it."""
+    net_name = network.split("]", 1)[0].split(".", 1)[1]
     text = [f'project = "{project}"', network]
     for name in names:
-        text.append(f'[container.{name}]\ncapsule = "local/busybox:latest"\nnetwork = "net"\n'
+        text.append(f'[container.{name}]\ncapsule = "local/busybox:latest"\nnetwork = "{net_name}"\n'
                     f'command = ["sh", "-c", "{LOOP}"]\nstop_timeout = 2')
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "NovaFile").write_text("\n".join(text) + "\n")
 
 
-def measure_pair(paths: list[str], server_ip: str, seconds: float, rounds: int) -> tuple[float, float]:
-    gbits = [iperf(paths[1], paths[0], server_ip, seconds) for _ in range(rounds)]
-    return statistics.median(gbits), rtt(paths[0], server_ip)
+def measure_interleaved(pairs: dict[str, tuple[list[str], str]], seconds: float,
+                        rounds: int) -> dict[str, tuple[float, float]]:
+    """Median throughput and RTT of each pair, measured in turns (round by round) so that
+    the machine's drift over time hits every setup alike."""
+    gbits: dict[str, list[float]] = {name: [] for name in pairs}
+    rtts: dict[str, list[float]] = {name: [] for name in pairs}
+    for _ in range(rounds):
+        for name, (paths, server_ip) in pairs.items():
+            gbits[name].append(iperf(paths[1], paths[0], server_ip, seconds))
+            rtts[name].append(rtt(paths[0], server_ip))
+    return {name: (statistics.median(gbits[name]), statistics.median(rtts[name]))
+            for name in pairs}
 
 
 def attach_bench(tmp: Path, count: int) -> tuple[float, float]:
@@ -254,54 +265,52 @@ def main() -> int:
         print("needs iperf3: apt-get install iperf3", file=sys.stderr)
         return 1
     results: dict[str, tuple[float, float]] = {}
+    cleanups: list[Callable[[], None]] = []
     with tempfile.TemporaryDirectory(prefix="nova-netbench-") as tmp_name:
         tmp = Path(tmp_name)
-        # 1. bridge
-        paths, cleanup = hand_bridge("1", "10.253.1")
         try:
-            results["bridge, by hand"] = measure_pair(paths, "10.253.1.3", args.seconds, args.rounds)
-        finally:
-            cleanup()
-        nova = Nova(tmp / "home")
-        folder = tmp / "bridge"
-        capsules_file(folder, "nbbr", '[network.net]\nsubnet = "10.253.2.0/24"', ["a", "b"])
-        nova("up", cwd=folder)
-        try:
+            # Every setup lives in namespaces of its own ("hosts"), none in the root
+            # namespace, so no firewall of another setup (or of the machine) is on its path.
+            hand_hosts, remove = two_hosts("h", "198.18.60")
+            cleanups.append(remove)
+            nova_hosts, remove = two_hosts("n", "198.18.61")
+            cleanups.append(remove)
+            pairs: dict[str, tuple[list[str], str]] = {}
+            paths, remove = hand_bridge("1", "10.253.1", prefix_ns=hand_hosts[0])
+            cleanups.append(remove)
+            pairs["bridge, by hand"] = (paths, "10.253.1.3")
+            nova = Nova(tmp / "home", host_ns=nova_hosts[0])
+            folder = tmp / "bridge"
+            capsules_file(folder, "nbbr", '[network.net]\nsubnet = "10.253.2.0/24"', ["a", "b"])
+            nova("up", cwd=folder)
+            cleanups.append(lambda: nova("down", cwd=folder))
             found = nova.netns_of("net", folder)
-            results["bridge, Nova"] = measure_pair([found["a"][0], found["b"][0]], found["b"][1],
-                                                   args.seconds, args.rounds)
-        finally:
-            nova("down", cwd=folder)
-        # 2. VXLAN
-        hosts, remove_hosts = two_hosts()
-        try:
-            paths, cleanup = hand_vxlan(hosts)
-            try:
-                results["vxlan, by hand"] = measure_pair(paths, "10.253.40.11", args.seconds,
-                                                         args.rounds)
-            finally:
-                cleanup()
+            pairs["bridge, Nova"] = ([found["a"][0], found["b"][0]], found["b"][1])
+            paths, remove = hand_vxlan(hand_hosts, "198.18.60")
+            cleanups.append(remove)
+            pairs["vxlan, by hand"] = (paths, "10.253.40.11")
             sites = []
-            for index, host in enumerate(hosts):
+            for index, host in enumerate(nova_hosts):
                 site = Nova(tmp / f"site{index}", host_ns=host)
-                folder = tmp / f"vx{index}"
-                capsules_file(folder, f"nbvx{index}", (
-                    '[network.net]\ntype = "overlay"\ndriver = "vxlan"\nsubnet = "10.253.41.0/24"\n'
+                site_folder = tmp / f"vx{index}"
+                capsules_file(site_folder, f"nbvx{index}", (
+                    '[network.vx]\ntype = "overlay"\ndriver = "vxlan"\nsubnet = "10.253.41.0/24"\n'
                     f'gateway = "10.253.41.{index + 1}"\nip_range = "10.253.41.{16 * (index + 1)}/28"\n'
-                    f'vni = 98\npeers = ["198.18.60.{2 - index}"]\nlocal = "198.18.60.{index + 1}"'),
+                    f'vni = 98\npeers = ["198.18.61.{2 - index}"]\nlocal = "198.18.61.{index + 1}"'),
                     [f"c{index}"])
-                site("up", cwd=folder)
-                sites.append((site, folder))
-            try:
-                a = sites[0][0].netns_of("net", sites[0][1])["c0"]
-                b = sites[1][0].netns_of("net", sites[1][1])["c1"]
-                results["vxlan, Nova"] = measure_pair([a[0], b[0]], b[1], args.seconds, args.rounds)
-            finally:
-                for site, folder in sites:
-                    site("down", cwd=folder)
+                site("up", cwd=site_folder)
+                cleanups.append(lambda site=site, site_folder=site_folder: site("down", cwd=site_folder))
+                sites.append((site, site_folder))
+            a = sites[0][0].netns_of("vx", sites[0][1])["c0"]
+            b = sites[1][0].netns_of("vx", sites[1][1])["c1"]
+            pairs["vxlan, Nova"] = ([a[0], b[0]], b[1])
+            results = measure_interleaved(pairs, args.seconds, args.rounds)
         finally:
-            remove_hosts()
-        # 3. attach / detach
+            for cleanup in reversed(cleanups):
+                try:
+                    cleanup()
+                except subprocess.CalledProcessError as error:
+                    print(f"cleanup: {error}", file=sys.stderr)
         nova_attach, hand_attach = attach_bench(tmp, args.attach)
 
     print(f"{'topology':<18} {'TCP Gbit/s':>11} {'ping ms':>9}")

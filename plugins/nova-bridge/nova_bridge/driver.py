@@ -144,10 +144,21 @@ class BridgeDriver(NetworkDriver):
                              mtu=self._mtu(spec), interfaces=list(spec.interfaces))
 
     def _sync_host(self, ledger: Ledger) -> None:
-        """Forwarding sysctls and the firewall table for every network of this NOVA_HOME."""
+        """Forwarding sysctls and the firewall tables for every network of this NOVA_HOME.
+
+        Every lease then has its anti-spoofing rules loaded (``guarded``). Attaching
+        does not reload the tables (an attached instance has not started yet, and one
+        nft transaction costs about 20 ms); starting does, and so does removing a
+        guarded or published instance.
+        """
         records = ledger.all()
         firewall.Forwarding(ledger.root).sync(records)
         firewall.apply(firewall.table_name(self.context.nova_home), records)
+        for record in records:
+            if any(not lease.guarded for lease in record.leases.values()):
+                for lease in record.leases.values():
+                    lease.guarded = True
+                ledger.put(record)
 
     def _addresses(self, record: NetworkRecord) -> list[tuple[str, int]]:
         found = []
@@ -348,7 +359,6 @@ class BridgeDriver(NetworkDriver):
             try:
                 self._make_lease_links(links, record, lease)
                 ledger.put(record)  # with the interface name the links got
-                self._sync_host(ledger)  # the port's anti-spoofing rules
                 if DnsService.wanted(record):
                     service.ensure_running(record)
                     service.add(record, lease)
@@ -452,7 +462,8 @@ class BridgeDriver(NetworkDriver):
                 if not DnsService.wanted(record):
                     service.stop()  # the last VM left a network without dns
                 ledger.put(record)
-                self._sync_host(ledger)
+                if lease.published or lease.guarded:
+                    self._sync_host(ledger)
 
     def _publish(self, spec: NetworkSpec, instance: InstanceSpec, published: bool) -> None:
         with self.ledger.locked() as ledger:
@@ -466,7 +477,8 @@ class BridgeDriver(NetworkDriver):
                         self._make_lease_links(links, record, lease)
                         ledger.put(record)
             ports = [port.model_dump() for port in instance.ports]
-            if lease.published == (published and bool(ports)) and lease.ports == ports:
+            if lease.published == (published and bool(ports)) and lease.ports == ports \
+                    and lease.guarded:
                 return
             lease.ports, lease.published = ports, published and bool(ports)
             ledger.put(record)

@@ -246,7 +246,13 @@ def chain_rules(records: list[NetworkRecord]) -> dict[str, Rules]:
             published = port_rules(record, lease)
             chains["prerouting"] += published
             chains["output"] += published
-    chains["forward"] = isolation + accepts + drops
+    bridged: Rules = []
+    if records:  # traffic that stays on its bridge (br_netfilter shows it here): done at once
+        pairs = [[{"concat": [record.bridge, record.bridge]}, {"accept": None}]
+                 for record in records]
+        bridged.append(([{"vmap": {"key": {"concat": [_meta("iifname"), _meta("oifname")]},
+                                   "data": {"set": pairs}}}], "nova: traffic within a bridge"))
+    chains["forward"] = bridged + isolation + accepts + drops
     return chains
 
 

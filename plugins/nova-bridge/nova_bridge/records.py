@@ -46,6 +46,7 @@ class Lease:
     inner: str | None = None  # interface name inside the namespace
     ports: list[dict[str, object]] = field(default_factory=list)
     published: bool = False
+    guarded: bool = False  # its port's anti-spoofing rules are loaded
 
 
 @dataclass

@@ -441,7 +441,9 @@ def in_ns(namespace: Path, *argv: str, timeout: float = 10) -> subprocess.Comple
 def test_an_instance_cannot_forge_addresses_on_the_bridge(driver: BridgeDriver, made) -> None:
     """The test holds root in the instance's namespace, more than capsule root has."""
     spec = made(network(subnet="10.251.18.0/24"))
-    attachment = driver.attach(spec, capsule("spoof"))
+    instance = capsule("spoof")
+    attachment = driver.attach(spec, instance)
+    driver.instance_started(spec, attachment, instance)  # guarded from its start on
     namespace = Path(attachment.details["netns"])
     assert in_ns(namespace, "busybox", "ping", "-c1", "-W2", "10.251.18.1").returncode == 0
     subprocess.run(["ip", "-n", namespace.name, "addr", "add", "10.251.18.99/24", "dev", "eth0"],
