@@ -203,9 +203,10 @@ def configure_inside(namespace: Path, inner: str, addresses: list[tuple[str, int
     """Bring ``inner`` and lo up inside ``namespace``, with addresses and default routes."""
 
     def work() -> None:
-        # The namespace belongs to host root, not to the capsule's user namespace, so
-        # capsule root's capabilities do not reach it: let it bind low ports and ping
-        # (as docker and podman configure theirs). Written from inside the namespace.
+        # A capsule's namespace belongs to its own user namespace (its root may bind low
+        # ports and ping there anyway); one the driver made itself belongs to host root,
+        # so let unprivileged processes bind low ports and ping in it, as docker and
+        # podman configure theirs. Written from inside the namespace.
         for knob, value in UNPRIVILEGED_SYSCTLS.items():
             Path("/proc/sys", knob).write_text(value + "\n")
         with IPRoute() as ipr:
