@@ -347,3 +347,24 @@ def test_vxlan_overlay_joins_capsules_on_two_hosts(nova, two_hosts, tmp_path: Pa
     finally:
         for host, home, folder in folders:
             nova("down", netns_path=host.path, home=home, cwd=folder, check=False)
+
+
+def test_net_create_inspect_and_rm(nova, project_dir: Path) -> None:
+    made = nova("net", "create", "scratch", "--subnet", "10.252.40.0/24", "--dns",
+                "-o", "isolated=true", cwd=project_dir)
+    assert "network scratch created in project 'default' (10.252.40.0/24)" in made.stdout
+    listed = json.loads(nova("net", "ls", "--json").stdout)
+    assert [(n["project"], n["name"], n["subnet"]) for n in listed] == \
+        [("default", "scratch", "10.252.40.0/24")]
+    info = json.loads(nova("net", "inspect", "scratch", "--json").stdout)
+    assert info["host"]["isolated"] is True and info["host"]["dnsmasq_pid"]
+    again = nova("net", "create", "scratch", check=False)
+    assert again.returncode == 1 and "already exists in project 'default'" in again.stderr
+    bad = nova("net", "create", "odd", "-o", "vni=12", "--driver", "vxlan", "--type", "overlay",
+               "-o", "peers=10.9.9.9,10.9.9.10", check=False)
+    assert bad.returncode == 1 and "an overlay needs subnet" in bad.stderr, bad.stderr
+    assert "Traceback" not in bad.stderr
+    nova("net", "rm", "scratch")
+    missing = nova("net", "rm", "scratch", check=False)
+    assert missing.returncode == 1 and "no network scratch" in missing.stderr
+    assert json.loads(nova("net", "ls", "--json").stdout) == []

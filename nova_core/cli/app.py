@@ -471,7 +471,13 @@ def net_create(app: App, name: str, project: str | None, subnet: str | None,
                         driver=driver_name, spec=spec, resume=existing is not None)
         if existing is not None:
             step.recorded = app.engine.recorded_spec(existing)
-        app.engine.apply(Plan(project=project, steps=[step]), command="nova net create")
+        try:
+            app.engine.apply(Plan(project=project, steps=[step]), command="nova net create")
+        except NovaError:
+            # the driver undid its part; nothing is left to resume, so forget the row too
+            with app.engine.store.transaction() as conn:
+                app.engine.store.delete_resource(conn, project, "network", name)
+            raise
         subnet_made = app.engine.store.resource(project, "network", name).data_dict().get("subnet")
     click.echo(f"network {name} created in project '{project}'"
                f"{f' ({subnet_made})' if subnet_made else ''}")
