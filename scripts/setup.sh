@@ -4,7 +4,8 @@
 #
 #   bash scripts/setup.sh            # from the repository's root
 #
-# Each plugin lists the Debian packages it needs in plugins/<name>/debian-packages.txt.
+# Each plugin lists the Debian packages it needs in plugins/<name>/debian-packages.txt
+# and may add a step of its own in plugins/<name>/scripts/setup-hook.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +30,11 @@ if [ -n "$missing" ]; then
     # shellcheck disable=SC2086
     $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
+
+for hook in plugins/*/scripts/setup-hook.sh; do
+    # a plugin's own setup step (nova-qemu: a guest kernel for its tests), as root
+    [ -f "$hook" ] && $SUDO bash "$hook"
+done
 
 PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then

@@ -138,8 +138,8 @@ class DiskEntry(BaseModel):
 
 
 def _disk(value: object) -> object:
-    if isinstance(value, str):
-        return {"path": value}
+    if isinstance(value, str):  # a bare path: raw when its name says so
+        return {"path": value, "format": "raw" if value.endswith((".raw", ".img")) else "qcow2"}
     return value
 
 

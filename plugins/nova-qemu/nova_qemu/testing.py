@@ -1,0 +1,57 @@
+"""Test guests for nova-qemu: Debian's cloud kernel (unpacked by the plugin's setup hook)
+and a busybox initramfs built here, whose /init prints a marker and then a counter
+on the serial console, so tests can see a guest boot, run, and come back from a snapshot.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import stat
+from pathlib import Path
+
+from nova_core.errors import NovaError
+
+GUEST_CACHE = Path(os.environ.get("NOVA_GUEST_CACHE", "/var/cache/nova/guest"))
+MARKER = "NOVA-GUEST-UP"
+INIT = f"""#!/bin/busybox sh
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t sysfs sysfs /sys
+echo {MARKER}
+i=0
+while true; do i=$((i+1)); echo "tick $i"; /bin/busybox sleep 0.5; done
+"""
+
+
+def guest_kernel() -> Path:
+    """The cached guest kernel, or a clear error saying how to get it."""
+    kernel = GUEST_CACHE / "vmlinuz"
+    if not kernel.is_file():
+        raise NovaError(f"no guest kernel at {kernel}",
+                        hint="run bash plugins/nova-qemu/scripts/setup-hook.sh (scripts/setup.sh does)")
+    return kernel
+
+
+def _cpio_entry(name: str, mode: int, data: bytes = b"", ino: int = 1) -> bytes:
+    fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(name) + 1, 0]
+    header = b"070701" + b"".join(f"{v:08x}".encode() for v in fields)
+    body = header + name.encode() + b"\0"
+    body += b"\0" * (-len(body) % 4) + data
+    return body + b"\0" * (-len(body) % 4)
+
+
+def busybox_initramfs(target: Path, init: str = INIT) -> Path:
+    """Write a gzip'd newc cpio with busybox-static at /bin/busybox and ``init`` at /init."""
+    busybox = Path("/bin/busybox").read_bytes()
+    archive = io.BytesIO()
+    entries = [("bin", stat.S_IFDIR | 0o755, b""), ("proc", stat.S_IFDIR | 0o755, b""),
+               ("sys", stat.S_IFDIR | 0o755, b""), ("dev", stat.S_IFDIR | 0o755, b""),
+               ("bin/busybox", stat.S_IFREG | 0o755, busybox),
+               ("bin/sh", stat.S_IFLNK | 0o777, b"busybox"),
+               ("init", stat.S_IFREG | 0o755, init.encode())]
+    for ino, (name, mode, data) in enumerate(entries, start=2):
+        archive.write(_cpio_entry(name, mode, data, ino))
+    archive.write(_cpio_entry("TRAILER!!!", 0, b"", 0))
+    target.write_bytes(gzip.compress(archive.getvalue(), compresslevel=1))
+    return target

@@ -1,0 +1,162 @@
+"""The qemu driver against real QEMU under TCG, with a real guest: Debian's cloud kernel
+(unpacked by plugins/nova-qemu/scripts/setup-hook.sh, which scripts/setup.sh runs) and
+a busybox initramfs whose /init prints a marker and then a counter on the serial console.
+
+The guest has no ACPI daemon, so a graceful stop always ends with QMP ``quit`` after
+the timeout; the tests keep timeouts short.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from nova_qemu.driver import QemuDriver, QemuOptions, run_root
+from nova_qemu.testing import MARKER, busybox_initramfs, guest_kernel
+
+from nova_core.drivers.base import DriverContext
+from nova_core.drivers.models import (
+    DiskSpec,
+    Lifecycle,
+    LogRequest,
+    ResourceKind,
+    ResourceRef,
+    VmSpec,
+)
+from nova_core.errors import NovaError
+from nova_core.testing.contracts import ComputeDriverContract
+
+
+def qemu_processes(marker: str) -> list[int]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if cmdline.startswith("qemu-system") and marker in cmdline:
+                found.append(int(pid))
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _nothing_left(nova_home: Path) -> Iterator[None]:
+    yield
+    marker = str(run_root(nova_home))
+    deadline = time.monotonic() + 5
+    while qemu_processes(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert qemu_processes(marker) == []
+    assert not run_root(nova_home).exists()
+
+
+@pytest.fixture(scope="session")
+def initrd(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return busybox_initramfs(tmp_path_factory.mktemp("guest") / "initrd.gz")
+
+
+@pytest.fixture
+def driver(nova_home: Path) -> QemuDriver:
+    return QemuDriver("qemu", DriverContext(nova_home=nova_home))
+
+
+def vm(tmp_path: Path, initrd: Path, name: str = "g1", **fields: object) -> VmSpec:
+    fields.setdefault("disks", [DiskSpec(path=str(tmp_path / f"{name}-data.qcow2"),
+                                         size=64 * 2**20)])
+    return VmSpec(ref=ResourceRef(project="qemut", kind=ResourceKind.VM, name=name),
+                  driver="qemu", base_dir=tmp_path, kernel=str(guest_kernel()),
+                  initrd=str(initrd), cmdline="console=ttyS0 panic=-1 quiet",
+                  stop_timeout=1.0, options=QemuOptions(accel="tcg"),
+                  **{"memory": 128 * 2**20, **fields})
+
+
+def wait_for(driver: QemuDriver, spec: VmSpec, pattern: str, timeout: float = 60) -> str:
+    """Wait until the serial log matches ``pattern``; return the log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = "\n".join(line.text for line in driver.logs(spec, LogRequest()))
+        if re.search(pattern, text):
+            return text
+        time.sleep(0.1)
+    raise AssertionError(f"no {pattern!r} on the serial console within {timeout}s:\n{text[-500:]}")
+
+
+class TestQemuContract(ComputeDriverContract):
+    @pytest.fixture
+    def instance_spec(self, tmp_path: Path, initrd: Path) -> VmSpec:
+        return vm(tmp_path, initrd, "contract")
+
+
+def test_the_guest_boots_and_a_later_nova_adopts_it(driver: QemuDriver, tmp_path: Path,
+                                                     initrd: Path, nova_home: Path) -> None:
+    spec = vm(tmp_path, initrd)
+    driver.create(spec)
+    try:
+        assert driver.start(spec).state is Lifecycle.RUNNING
+        wait_for(driver, spec, MARKER)
+        later = QemuDriver("qemu", DriverContext(nova_home=nova_home))  # a new nova process
+        status = later.status(spec)
+        assert status.state is Lifecycle.RUNNING and status.data["pid"]
+        assert later.pause(spec).state is Lifecycle.PAUSED
+        assert later.resume(spec).state is Lifecycle.RUNNING
+        os.kill(int(status.data["pid"]), signal.SIGKILL)  # QEMU dies behind Nova's back
+        deadline = time.monotonic() + 5
+        while later.status(spec).state is not Lifecycle.STOPPED and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert later.status(spec).state is Lifecycle.STOPPED
+        assert driver.start(spec).state is Lifecycle.RUNNING  # and it starts again
+    finally:
+        driver.delete(spec)
+    assert (tmp_path / "g1-data.qcow2").is_file()  # a disk outside Nova's folder is data: kept
+
+
+def test_a_memory_snapshot_brings_the_guest_back(driver: QemuDriver, tmp_path: Path,
+                                                 initrd: Path) -> None:
+    spec = vm(tmp_path, initrd, "snap")
+    driver.create(spec)
+    try:
+        driver.start(spec)
+        wait_for(driver, spec, r"tick 3\b")
+        info = driver.snapshot(spec, "s1")
+        assert info.memory
+        text = wait_for(driver, spec, r"tick 1[2-9]\b")
+        saved_at = max(int(n) for n in re.findall(r"tick (\d+)", text.split("tick 12")[0]))
+        driver.restore_snapshot(spec, "s1")
+        before = len(list(driver.logs(spec, LogRequest())))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            after = [line.text for line in driver.logs(spec, LogRequest())][before:]
+            ticks = [int(n) for n in re.findall(r"tick (\d+)", "\n".join(after))]
+            if ticks:
+                break
+            time.sleep(0.1)
+        assert ticks and ticks[0] < 12, after  # the counter went back to where it was saved
+        assert ticks[0] >= 3 and ticks[0] <= saved_at + 3
+        driver.delete_snapshot(spec, "s1")
+        with pytest.raises(NovaError, match="no snapshot s1"):
+            driver.restore_snapshot(spec, "s1")
+    finally:
+        driver.delete(spec)
+
+
+def test_bad_input_is_a_clear_error_and_leaves_nothing(driver: QemuDriver, tmp_path: Path,
+                                                       initrd: Path) -> None:
+    missing = vm(tmp_path, initrd, "nokernel").model_copy(update={"kernel": str(tmp_path / "nope")})
+    with pytest.raises(NovaError, match="kernel .*nope does not exist"):
+        driver.create(missing)
+    assert driver.status(missing).state is Lifecycle.MISSING
+    huge = vm(tmp_path, initrd, "huge", memory=64 * 2**40)  # more than any host here has
+    driver.create(huge)
+    try:
+        with pytest.raises(NovaError, match="QEMU did not start"):
+            driver.start(huge)
+        assert driver.status(huge).state is Lifecycle.STOPPED
+    finally:
+        driver.delete(huge)
+    assert not list(run_root(driver.context.nova_home).glob("huge-*"))
