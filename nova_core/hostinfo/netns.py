@@ -58,7 +58,8 @@ def _check(ret: int, what: str) -> None:
 
 
 def exists(path: Path) -> bool:
-    """True if ``path`` holds a namespace (a bind mount from nsfs, not the bare file)."""
+    """True if ``path`` holds a pinned namespace of any kind (a bind mount from nsfs, not
+    the bare file)."""
     try:
         return os.stat(path).st_dev != os.stat(path.parent).st_dev
     except OSError:

@@ -142,10 +142,9 @@ def pin_namespaces(host_base: int, count: int, userns_path: Path, netns_path: Pa
 
 def is_pinned(path: Path) -> bool:
     """True if ``path`` holds a namespace (an nsfs bind mount, not the bare file)."""
-    try:
-        return os.stat(path).st_dev != os.stat(path.parent).st_dev
-    except OSError:
-        return False
+    from nova_core.hostinfo.netns import exists
+
+    return exists(path)
 
 
 def unpin(path: Path) -> None:
