@@ -368,3 +368,51 @@ def test_net_create_inspect_and_rm(nova, project_dir: Path) -> None:
     missing = nova("net", "rm", "scratch", check=False)
     assert missing.returncode == 1 and "no network scratch" in missing.stderr
     assert json.loads(nova("net", "ls", "--json").stdout) == []
+
+
+def test_a_vm_and_a_capsule_share_a_network(nova, project_dir: Path, tmp_path: Path) -> None:
+    """A real guest under TCG (Debian's cloud kernel, busybox initramfs with virtio-net)
+    gets its reserved address by DHCP from the network's dnsmasq, and a capsule reaches
+    it by name."""
+    import re
+
+    from nova_qemu.testing import busybox_initramfs, guest_kernel
+
+    initrd = busybox_initramfs(tmp_path / "initrd.gz")
+    write_novafile(project_dir, f"""
+        project = "mixed"
+
+        [network.lan]
+        subnet = "10.252.50.0/24"
+        dns = true
+
+        [vm.guest]
+        kernel = "{guest_kernel()}"
+        initrd = "{initrd}"
+        cmdline = "console=ttyS0 panic=-1 quiet"
+        memory = "128Mi"
+        accel = "tcg"
+        network = "lan"
+        stop_timeout = 1
+
+        [container.peer]
+        capsule = "local/busybox:latest"
+        network = "lan"
+        command = ["sh", "-c", "{LOOP}"]
+        stop_timeout = 2
+        """)
+    nova("up")
+    reserved = {a["instance"]: a for a in
+                json.loads(nova("net", "inspect", "lan", "--json").stdout)["attached"]}
+    assert reserved["vm.guest"]["endpoint"] == "tap"
+    deadline = time.monotonic() + 90
+    lease = None
+    while time.monotonic() < deadline and lease is None:
+        serial = nova("logs", "vm", "guest").stdout
+        found = re.search(r"NOVA-LEASE (\S+)", serial)
+        lease = found.group(1) if found else None
+        assert "NOVA-NO-LEASE" not in serial
+        time.sleep(0.5)
+    assert lease == reserved["vm.guest"]["ip"]  # the address IPAM reserved for its MAC
+    pinged = in_capsule(nova, "peer", "ping -c1 -W3 guest && ping -c1 -W3 guest.mixed.nova")
+    assert pinged.returncode == 0, pinged.stdout + pinged.stderr

@@ -15,12 +15,26 @@ from nova_core.errors import NovaError
 
 GUEST_CACHE = Path(os.environ.get("NOVA_GUEST_CACHE", "/var/cache/nova/guest"))
 MARKER = "NOVA-GUEST-UP"
+MODULES = ("failover", "net_failover", "virtio_net")  # in load order
 INIT = f"""#!/bin/busybox sh
 /bin/busybox mount -t proc proc /proc
 /bin/busybox mount -t sysfs sysfs /sys
+for m in {' '.join(MODULES)}; do [ -f /lib/$m.ko ] && /bin/busybox insmod /lib/$m.ko; done
 echo {MARKER}
+if [ -d /sys/class/net/eth0 ]; then
+    /bin/busybox ip link set lo up
+    /bin/busybox ip link set eth0 up
+    /bin/busybox udhcpc -i eth0 -n -q -t 20 -T 1 -s /bin/lease || echo "NOVA-NO-LEASE"
+fi
 i=0
 while true; do i=$((i+1)); echo "tick $i"; /bin/busybox sleep 0.5; done
+"""
+LEASE_SCRIPT = """#!/bin/busybox sh
+if [ "$1" = bound ]; then
+    /bin/busybox ip addr add $ip/$mask dev $interface
+    [ -n "$router" ] && /bin/busybox ip route add default via $router
+    echo "NOVA-LEASE $ip"
+fi
 """
 
 
@@ -42,14 +56,20 @@ def _cpio_entry(name: str, mode: int, data: bytes = b"", ino: int = 1) -> bytes:
 
 
 def busybox_initramfs(target: Path, init: str = INIT) -> Path:
-    """Write a gzip'd newc cpio with busybox-static at /bin/busybox and ``init`` at /init."""
+    """Write a gzip'd newc cpio: busybox-static, ``init`` at /init, the virtio-net modules."""
     busybox = Path("/bin/busybox").read_bytes()
     archive = io.BytesIO()
     entries = [("bin", stat.S_IFDIR | 0o755, b""), ("proc", stat.S_IFDIR | 0o755, b""),
                ("sys", stat.S_IFDIR | 0o755, b""), ("dev", stat.S_IFDIR | 0o755, b""),
+               ("lib", stat.S_IFDIR | 0o755, b""),
                ("bin/busybox", stat.S_IFREG | 0o755, busybox),
                ("bin/sh", stat.S_IFLNK | 0o777, b"busybox"),
+               ("bin/lease", stat.S_IFREG | 0o755, LEASE_SCRIPT.encode()),
                ("init", stat.S_IFREG | 0o755, init.encode())]
+    for module in MODULES:  # from the setup hook; without them the guest has no network
+        path = GUEST_CACHE / "modules" / f"{module}.ko"
+        if path.is_file():
+            entries.append((f"lib/{module}.ko", stat.S_IFREG | 0o644, path.read_bytes()))
     for ino, (name, mode, data) in enumerate(entries, start=2):
         archive.write(_cpio_entry(name, mode, data, ino))
     archive.write(_cpio_entry("TRAILER!!!", 0, b"", 0))

@@ -4,15 +4,27 @@
 # downloaded as a package and unpacked, never installed: /var/cache/nova/guest/vmlinuz.
 set -euo pipefail
 cache="${NOVA_GUEST_CACHE:-/var/cache/nova/guest}"
-[ -s "$cache/vmlinuz" ] && exit 0
+[ -s "$cache/vmlinuz" ] && [ -s "$cache/modules/virtio_net.ko" ] && exit 0
 mkdir -p "$cache"
 work=$(mktemp -d)
+chmod 755 "$work"  # apt downloads as _apt
 trap 'rm -rf "$work"' EXIT
 package=$(apt-cache search --names-only '^linux-image-[0-9.+a-z-]*-cloud-amd64-unsigned$' \
           | awk '{print $1}' | sort -V | tail -1)
 [ -n "$package" ] || { echo "setup: no Debian cloud kernel package found (apt-get update?)" >&2; exit 1; }
 (cd "$work" && apt-get download -qq "$package" >/dev/null)
 dpkg-deb -x "$work"/*.deb "$work/root"
+# the virtio network driver and what it needs, for guests on Nova networks (insmod order)
+mkdir -p "$cache/modules"
+for module in failover net_failover virtio_net; do
+    found=$(find "$work/root/lib/modules" -name "$module.ko*" | head -1)
+    [ -n "$found" ] || { echo "setup: $module not in $package" >&2; exit 1; }
+    case "$found" in
+        *.xz) xz -dc "$found" > "$cache/modules/$module.ko" ;;
+        *.zst) zstd -qdc "$found" > "$cache/modules/$module.ko" ;;
+        *) cp "$found" "$cache/modules/$module.ko" ;;
+    esac
+done
 cp "$(ls "$work"/root/boot/vmlinuz-* | head -1)" "$cache/vmlinuz.tmp"
 mv "$cache/vmlinuz.tmp" "$cache/vmlinuz"
 echo "setup: guest kernel for VM tests in $cache/vmlinuz (from $package)"
