@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from nova_core.hookspecs import hookimpl
 from nova_core.hooktypes import CheckResult, program_check
 
 CATEGORY = "nova-qemu"
+
+
+@hookimpl
+def nova_cli_commands() -> list[Any]:
+    """``nova console vm NAME``."""
+    from nova_qemu.cli import console_command
+
+    return [console_command]
 
 
 @hookimpl

@@ -8,6 +8,7 @@ the timeout; the tests keep timeouts short.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -160,3 +161,51 @@ def test_bad_input_is_a_clear_error_and_leaves_nothing(driver: QemuDriver, tmp_p
     finally:
         driver.delete(huge)
     assert not list(run_root(driver.context.nova_home).glob("huge-*"))
+
+
+def test_nova_up_logs_and_console_through_the_cli(run_nova, tmp_path: Path,
+                                                  initrd: Path) -> None:
+    import subprocess
+    import sys
+
+    project_dir = tmp_path / "proj"
+    project_dir.mkdir()
+    (project_dir / "NovaFile").write_text(f"""
+project = "qemucli"
+
+[vm.cli]
+kernel = "{guest_kernel()}"
+initrd = "{initrd}"
+cmdline = "console=ttyS0 panic=-1 quiet"
+memory = "128Mi"
+accel = "tcg"
+stop_timeout = 1
+""")
+    try:
+        up = run_nova("up", cwd=project_dir)
+        assert up.returncode == 0, up.stderr
+        deadline = time.monotonic() + 60
+        while MARKER not in run_nova("logs", "vm", "cli", cwd=project_dir).stdout:
+            assert time.monotonic() < deadline, "the guest never printed its marker"
+            time.sleep(0.2)
+        plan = run_nova("plan", cwd=project_dir).stdout
+        assert "unchanged" in plan
+        console = subprocess.Popen([sys.executable, "-m", "nova_core.cli.main", "console", "vm",
+                                    "cli"], cwd=project_dir, stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        seen = b""
+        while b"tick" not in seen:
+            chunk = console.stdout.read1(4096)
+            assert chunk, console.stderr.read()
+            seen += chunk
+        console.stdin.write(b"\x1d")
+        console.stdin.flush()
+        assert console.wait(timeout=10) == 0
+        assert b"detached from vm.cli (it keeps running)" in console.stderr.read()
+        listing = json.loads(run_nova("ls", "--json", cwd=project_dir).stdout)
+        assert [(i["name"], i["state"]) for i in listing] == [("cli", "running")]
+        gone = run_nova("console", "vm", "nosuch", cwd=project_dir)
+        assert gone.returncode == 1 and "Traceback" not in gone.stderr
+    finally:
+        down = run_nova("down", cwd=project_dir)
+    assert down.returncode == 0, down.stderr
