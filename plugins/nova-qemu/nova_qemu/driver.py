@@ -170,6 +170,11 @@ class QemuDriver(ComputeDriver):
             argv += ["-blockdev", f"driver=file,filename={disk['path']},node-name={node}-file",
                      "-blockdev", f"driver={disk['format']},file={node}-file,node-name={node}",
                      "-device", f"{blk},drive={node}"]
+        if _wants_cloud_init(spec):  # the NoCloud seed: a read-only disk labelled cidata
+            seed = files.root / "seed.iso"
+            argv += ["-blockdev", f"driver=file,filename={seed},node-name=seed-file,read-only=on",
+                     "-blockdev", "driver=raw,file=seed-file,node-name=seed,read-only=on",
+                     "-device", f"{blk},drive=seed"]
         net = "virtio-net-device" if machine == "microvm" else "virtio-net-pci"
         index = 0
         for attachment in spec.attachments:
@@ -261,6 +266,8 @@ class QemuDriver(ComputeDriver):
                 made.append(path)
             if getattr(spec.options, "firmware", "bios") == "uefi":
                 shutil.copyfile(OVMF_VARS, files.root / "OVMF_VARS.fd")
+            if _wants_cloud_init(spec):
+                write_seed(files.root / "seed.iso", *cloud_init_texts(spec))
             tmp = files.meta.with_suffix(".tmp")
             tmp.write_text(json.dumps({"disks": disks}, indent=1))
             os.replace(tmp, files.meta)
@@ -466,6 +473,59 @@ class QemuDriver(ComputeDriver):
             lines = lines[-request.tail:] if request.tail else []
         for line in lines:
             yield LogLine(stream="stdout", text=line)
+
+
+def _wants_cloud_init(spec: VmSpec) -> bool:
+    return bool(spec.user_data or spec.meta_data or spec.ssh_authorized_keys)
+
+
+def _text_or_file(spec: VmSpec, value: str) -> str:
+    """A cloud-init field: the file it names (relative to the NovaFile), else the text."""
+    if "\n" not in value and len(value) < 4096:
+        path = Path(value).expanduser()
+        path = path if path.is_absolute() else spec.base_dir / path
+        if path.is_file():
+            return path.read_text()
+    return value
+
+
+def cloud_init_texts(spec: VmSpec) -> tuple[str, str]:
+    """(user-data, meta-data) of the NoCloud seed for ``spec``."""
+    meta = (f"instance-id: nova-{spec.ref.project}-{spec.ref.name}\n"
+            f"local-hostname: {spec.ref.name}\n")
+    if spec.meta_data:
+        meta = _text_or_file(spec, spec.meta_data)
+    user = _text_or_file(spec, spec.user_data) if spec.user_data else "#cloud-config\n"
+    if spec.ssh_authorized_keys:
+        if not user.startswith("#cloud-config"):
+            raise NovaError(f"{spec.ref.key}: ssh_authorized_keys goes into a #cloud-config "
+                            "user_data, but this user_data is something else (a script?)",
+                            hint="put the keys under ssh_authorized_keys: in your #cloud-config")
+        if "\nssh_authorized_keys:" in "\n" + user:
+            raise NovaError(f"{spec.ref.key}: both user_data and ssh_authorized_keys list keys",
+                            hint="keep them in one place")
+        keys = "".join(f"  - {json.dumps(key)}\n" for key in spec.ssh_authorized_keys)
+        user = user.rstrip("\n") + "\nssh_authorized_keys:\n" + keys
+    return user, meta
+
+
+def write_seed(target: Path, user_data: str, meta_data: str) -> None:
+    """An ISO 9660 image with volume id ``cidata`` holding user-data and meta-data."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="nova-seed-") as folder:
+        (Path(folder) / "user-data").write_text(user_data)
+        (Path(folder) / "meta-data").write_text(meta_data)
+        try:
+            done = subprocess.run(["genisoimage", "-quiet", "-output", str(target), "-volid",
+                                   "cidata", "-joliet", "-rock", folder], capture_output=True,
+                                  text=True)
+        except FileNotFoundError:
+            raise NovaError("cloud-init seeds need genisoimage", hint="apt-get install genisoimage") \
+                from None
+    if done.returncode != 0:
+        target.unlink(missing_ok=True)
+        raise NovaError(f"could not write the cloud-init seed: {done.stderr.strip()}")
 
 
 def _image_format(path: Path) -> str:

@@ -15,12 +15,19 @@ from nova_core.errors import NovaError
 
 GUEST_CACHE = Path(os.environ.get("NOVA_GUEST_CACHE", "/var/cache/nova/guest"))
 MARKER = "NOVA-GUEST-UP"
-MODULES = ("failover", "net_failover", "virtio_net")  # in load order
+MODULES = ("failover", "net_failover", "virtio_net", "virtio_blk")  # in load order
 INIT = f"""#!/bin/busybox sh
 /bin/busybox mount -t proc proc /proc
 /bin/busybox mount -t sysfs sysfs /sys
+/bin/busybox mount -t devtmpfs devtmpfs /dev
 for m in {' '.join(MODULES)}; do [ -f /lib/$m.ko ] && /bin/busybox insmod /lib/$m.ko; done
 echo {MARKER}
+for disk in /dev/vd?; do  # a cloud-init seed: ISO 9660, volume id at sector 16
+    [ -b $disk ] && /bin/busybox dd if=$disk bs=2048 skip=16 count=1 2>/dev/null \
+        | /bin/busybox strings | /bin/busybox grep -q '^CD001' \
+        && /bin/busybox dd if=$disk bs=2048 skip=16 count=1 2>/dev/null \
+        | /bin/busybox strings | /bin/busybox grep -q cidata && echo "NOVA-SEED $disk"
+done
 if [ -d /sys/class/net/eth0 ]; then
     /bin/busybox ip link set lo up
     /bin/busybox ip link set eth0 up

@@ -4,7 +4,7 @@
 # downloaded as a package and unpacked, never installed: /var/cache/nova/guest/vmlinuz.
 set -euo pipefail
 cache="${NOVA_GUEST_CACHE:-/var/cache/nova/guest}"
-[ -s "$cache/vmlinuz" ] && [ -s "$cache/modules/virtio_net.ko" ] && exit 0
+[ -s "$cache/vmlinuz" ] && [ -s "$cache/modules/virtio_blk.ko" ] && exit 0
 mkdir -p "$cache"
 work=$(mktemp -d)
 chmod 755 "$work"  # apt downloads as _apt
@@ -14,9 +14,9 @@ package=$(apt-cache search --names-only '^linux-image-[0-9.+a-z-]*-cloud-amd64-u
 [ -n "$package" ] || { echo "setup: no Debian cloud kernel package found (apt-get update?)" >&2; exit 1; }
 (cd "$work" && apt-get download -qq "$package" >/dev/null)
 dpkg-deb -x "$work"/*.deb "$work/root"
-# the virtio network driver and what it needs, for guests on Nova networks (insmod order)
+# virtio network and disk drivers, for test guests on Nova networks and with disks
 mkdir -p "$cache/modules"
-for module in failover net_failover virtio_net; do
+for module in failover net_failover virtio_net virtio_blk; do
     found=$(find "$work/root/lib/modules" -name "$module.ko*" | head -1)
     [ -n "$found" ] || { echo "setup: $module not in $package" >&2; exit 1; }
     case "$found" in

@@ -46,7 +46,8 @@ def test_novafile_renders_to_the_pinned_argv(case: str) -> None:
 
 
 def test_there_are_cases_for_machines_firmware_disks_and_networks() -> None:
-    assert {"q35-kernel", "pc-image-disks", "microvm-tap", "uefi-user-net"} <= set(CASES)
+    assert {"q35-kernel", "pc-image-disks", "microvm-tap", "uefi-user-net",
+            "q35-cloud-init"} <= set(CASES)
     assert not Path(HOME).exists()
 
 

@@ -209,3 +209,39 @@ stop_timeout = 1
     finally:
         down = run_nova("down", cwd=project_dir)
     assert down.returncode == 0, down.stderr
+
+
+def iso_file(iso: Path, name: str) -> str:
+    import subprocess
+
+    return subprocess.run(["isoinfo", "-R", "-i", str(iso), "-x", f"/{name}"],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def test_cloud_init_seed_is_a_cidata_iso_the_guest_sees(driver: QemuDriver, tmp_path: Path,
+                                                        initrd: Path) -> None:
+    import subprocess
+
+    (tmp_path / "user-data.yaml").write_text("#cloud-config\npackages: [htop]\n")
+    spec = vm(tmp_path, initrd, "cloudy", user_data="user-data.yaml",
+              ssh_authorized_keys=["ssh-ed25519 AAAAexample me@laptop"], disks=[])
+    driver.create(spec)
+    try:
+        seed = driver.files(spec).root / "seed.iso"
+        label = subprocess.run(["isoinfo", "-d", "-i", str(seed)], capture_output=True,
+                               text=True, check=True).stdout
+        assert "Volume id: cidata" in label
+        assert iso_file(seed, "user-data") == ("#cloud-config\npackages: [htop]\n"
+                                               "ssh_authorized_keys:\n"
+                                               '  - "ssh-ed25519 AAAAexample me@laptop"\n')
+        assert iso_file(seed, "meta-data") == ("instance-id: nova-qemut-cloudy\n"
+                                               "local-hostname: cloudy\n")
+        driver.start(spec)
+        wait_for(driver, spec, r"NOVA-SEED /dev/vda")  # the guest reads a cidata ISO disk
+    finally:
+        driver.delete(spec)
+    script = vm(tmp_path, initrd, "scripted", user_data="#!/bin/sh\necho hi\n",
+                ssh_authorized_keys=["ssh-ed25519 AAAA k"], disks=[])
+    with pytest.raises(NovaError, match="ssh_authorized_keys goes into a #cloud-config"):
+        driver.create(script)
+    assert driver.status(script).state is Lifecycle.MISSING
