@@ -30,7 +30,6 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from nova_core.drivers.base import DriverContext
 from nova_core.drivers.compute import ComputeDriver
 from nova_core.drivers.models import (
     DriverOptions,
@@ -108,10 +107,6 @@ class QemuDriver(ComputeDriver):
 
     instance_kinds: ClassVar[frozenset[ResourceKind]] = frozenset({ResourceKind.VM})
     options_model: ClassVar[type[DriverOptions]] = QemuOptions
-
-    def __init__(self, name: str, context: DriverContext) -> None:
-        super().__init__(name, context)
-        self._accel: str | None = None
 
     def files(self, spec: InstanceSpec) -> VmFiles:
         """The VM's files."""
@@ -289,8 +284,7 @@ class QemuDriver(ComputeDriver):
             raise NovaError(f"{spec.ref.key} does not exist", hint="nova up creates it")
         if files.pid() is not None:
             return self.status(spec)
-        accel = self._accel or self._choose_accel(getattr(spec.options, "accel", "auto"))
-        self._accel = accel
+        accel = self._choose_accel(getattr(spec.options, "accel", "auto"))  # the probe is cached
         argv = self.argv(spec, accel, self._disks(files))
         files.run.mkdir(parents=True, exist_ok=True)
         os.chmod(files.run, 0o700)
