@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
+from pathlib import Path
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 NAME_RULE = ("letters, digits, '.', '_' or '-', at most 63 characters, starting with a letter "
              "or digit")
+
+
+def home_digest(nova_home: Path, length: int = 10) -> str:
+    """Hex digits naming one NOVA_HOME in host-wide places (/run folders, nft tables)."""
+    return hashlib.sha256(str(nova_home.resolve()).encode()).hexdigest()[:length]
 
 
 def is_valid_name(name: object) -> bool:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from nova_bridge.testing import OutsideHost, host_snapshot, make_outside_host
+from nova_bridge.testing import OutsideHost, host_unchanged, make_outside_host
 from nova_capsule.testing import busybox_layer
 from nova_test_helpers import write_novafile
 
@@ -30,12 +30,8 @@ SERVE = "trap 'exit 0' TERM; while true; do echo hello-from-$(hostname) | nc -l 
 
 @pytest.fixture(autouse=True)
 def _host_unchanged() -> Iterator[None]:
-    before = host_snapshot()
-    yield
-    deadline = time.monotonic() + 3
-    while host_snapshot() != before and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert host_snapshot() == before
+    with host_unchanged():
+        yield
 
 
 def prepare_home(home: Path, tmp_path: Path) -> None:

@@ -176,6 +176,15 @@ class ResourceSpec(_Record):
     options: SerializeAsAny[DriverOptions] = Field(default_factory=DriverOptions)
 
 
+#: Network names that need no network driver: nothing is attached, no port is published.
+BUILTIN_NETWORKS = frozenset({"host", "none", "user"})
+
+
+def on_nova_network(networks: list[str]) -> bool:
+    """True if any of ``networks`` is a Nova network (one a network driver makes)."""
+    return any(name not in BUILTIN_NETWORKS for name in networks)
+
+
 class InstanceSpec(ResourceSpec):
     """Fields every compute instance (VM or container) has."""
 

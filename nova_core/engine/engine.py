@@ -24,6 +24,7 @@ from nova_core.drivers.models import (
     ResourceSpec,
     ResourceStatus,
     VmSpec,
+    on_nova_network,
 )
 from nova_core.drivers.network import NetworkDriver
 from nova_core.drivers.storage import StorageDriver
@@ -233,24 +234,19 @@ class Engine:
         """
         from nova_core.hostinfo.ports import listening, overlaps
 
-        def published(networks: list[str]) -> bool:
-            """Only an instance on a Nova network has its ports published ("host", "none",
-            QEMU's "user" networking: nothing is)."""
-            return any(n not in ("host", "none", "user") for n in networks)
-
         claims: list[tuple[str, PortMapping]] = []
         mine = set()
         for spec in specs:
             if isinstance(spec, InstanceSpec):
                 mine.add(spec.ref.key)
-                if published(spec.networks):
+                if on_nova_network(spec.networks):  # elsewhere nothing is published
                     claims += [(spec.ref.key, port) for port in spec.ports]
         others: list[tuple[str, PortMapping]] = []
         for row in self.store.resources(None, kinds=("vm", "container")):
             if row.project == project and (row.key in mine or row.key in leaving):
                 continue  # its new ports replace its recorded ones, or it goes
             recorded = row.spec_dict()
-            if not published(recorded.get("networks") or []):
+            if not on_nova_network(recorded.get("networks") or []):
                 continue
             for port in recorded.get("ports") or []:
                 label = row.key if row.project == project else f"{row.key} of project {row.project}"

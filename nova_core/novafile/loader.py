@@ -29,6 +29,7 @@ from nova_core.drivers.models import (
     ResourceSpec,
     VmSpec,
     VolumeSpec,
+    on_nova_network,
 )
 from nova_core.errors import DriverConflict, DriverLoadError, NovaError, NovaFileError
 from nova_core.names import is_valid_name
@@ -234,7 +235,7 @@ def load_novafile(path: Path, registry: PluginRegistry) -> NovaFile:
     problems.raise_if_any()
     for spec in specs.values():
         if isinstance(spec, ContainerSpec | VmSpec) and spec.ports and \
-                not any(n not in ("host", "none", "user") for n in spec.networks):
+                not on_nova_network(spec.networks):
             notes.append(f"{spec.ref.key}: ports are published only on a Nova network; "
                          "add network = \"NAME\" with a [network.NAME] table")
     return NovaFile(path=path, project=project, specs=specs, notes=notes, is_boltfile=is_bolt)

@@ -34,6 +34,7 @@ from nova_core.drivers.models import (
 from nova_core.drivers.network import NetworkDriver
 from nova_core.errors import NovaError
 from nova_core.hostinfo import netns
+from nova_core.names import home_digest
 
 VXLAN_OVERHEAD = 50
 
@@ -531,9 +532,7 @@ class VxlanDriver(BridgeDriver):
 
 def net_run_root(nova_home: Path) -> Path:
     """Per-NOVA_HOME folder on /run for dnsmasq's files (regenerated after a reboot)."""
-    import hashlib
-
-    return Path("/run") / f"nova-net-{hashlib.sha256(str(nova_home.resolve()).encode()).hexdigest()[:10]}"
+    return Path("/run") / f"nova-net-{home_digest(nova_home)}"
 
 
 __all__ = ["BridgeDriver", "BridgeOptions", "VxlanDriver", "VxlanOptions"]

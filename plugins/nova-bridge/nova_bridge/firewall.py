@@ -20,7 +20,6 @@ not make are never read, flushed or edited. With no networks left, the table goe
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 from pathlib import Path
@@ -29,13 +28,14 @@ from typing import Any
 from nova_bridge.links import BRIDGE_PREFIX
 from nova_bridge.records import Lease, NetworkRecord
 from nova_core.errors import NovaError
+from nova_core.names import home_digest
 
 Rule = dict[str, Any]
 
 
 def table_name(nova_home: Path) -> str:
     """The nftables table of one NOVA_HOME."""
-    return "nova_" + hashlib.sha256(str(nova_home.resolve()).encode()).hexdigest()[:8]
+    return "nova_" + home_digest(nova_home, 8)
 
 
 def _match(left: dict[str, Any], right: Any, op: str = "==") -> Rule:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +40,24 @@ def host_snapshot() -> dict[str, object]:
             "dnsmasq": sorted(dnsmasq)}
 
 
+@contextmanager
+def host_unchanged(settle: float = 3.0) -> Iterator[None]:
+    """Fail unless the host's network objects are as before once the block is done
+    (veth and namespace teardown finish asynchronously: up to ``settle`` seconds)."""
+    before = host_snapshot()
+    yield
+    deadline = time.monotonic() + settle
+    while host_snapshot() != before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert host_snapshot() == before
+
+
+def run_in_netns(path: Path, *argv: str, timeout: float = 10) -> subprocess.CompletedProcess[str]:
+    """Run a command in the network namespace at ``path`` (stdin empty, output captured)."""
+    return subprocess.run(["nsenter", f"--net={path}", *argv], capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
 @dataclass
 class OutsideHost:
     """A namespace standing in for another machine, on a /30 with the host.
@@ -56,8 +77,7 @@ class OutsideHost:
 
     def run(self, *argv: str, timeout: float = 10) -> subprocess.CompletedProcess[str]:
         """Run a command inside (network namespace only)."""
-        return subprocess.run(["nsenter", f"--net={self.path}", *argv], capture_output=True,
-                              text=True, timeout=timeout)
+        return run_in_netns(self.path, *argv, timeout=timeout)
 
     def remove(self) -> None:
         """Delete the namespace and the host's end of the link."""

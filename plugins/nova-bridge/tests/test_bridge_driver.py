@@ -22,6 +22,7 @@ from nova_bridge.driver import BridgeDriver, BridgeOptions, VxlanDriver, VxlanOp
 from nova_bridge.links import Links
 from nova_bridge.records import Ledger
 from nova_bridge.testing import make_outside_host
+from nova_bridge.testing import run_in_netns as in_ns
 from pyroute2 import IPRoute
 
 from nova_core.drivers.base import DriverContext
@@ -431,11 +432,6 @@ def test_after_a_reboot_update_remakes_the_network_and_start_replugs(driver: Bri
                             capture_output=True, text=True, check=True).stdout
     assert f"inet {attachment.details['ip']}/24" in inside  # the same address as before
     driver.detach(spec, attachment)
-
-
-def in_ns(namespace: Path, *argv: str, timeout: float = 10) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["nsenter", f"--net={namespace}", *argv], capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 def test_an_instance_cannot_forge_addresses_on_the_bridge(driver: BridgeDriver, made) -> None:

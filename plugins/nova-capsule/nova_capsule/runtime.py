@@ -12,7 +12,6 @@ resident per capsule.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import select
@@ -24,14 +23,14 @@ from pathlib import Path
 
 from nova_core.errors import NovaError
 from nova_core.hostinfo.cgroups import read_cgroup_layout
+from nova_core.names import home_digest
 
 RUNTIMES = ("crun", "runc")
 
 
 def run_root(nova_home: Path) -> Path:
     """Per-NOVA_HOME folder on /run for runtime state (cleared by a reboot, as it should be)."""
-    digest = hashlib.sha256(str(nova_home.resolve()).encode()).hexdigest()[:10]
-    return Path("/run") / f"nova-{digest}"
+    return Path("/run") / f"nova-{home_digest(nova_home)}"
 
 
 @dataclass(frozen=True)

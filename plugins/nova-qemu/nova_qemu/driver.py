@@ -44,6 +44,7 @@ from nova_core.drivers.models import (
     VmSpec,
 )
 from nova_core.errors import NovaError
+from nova_core.names import home_digest
 from nova_qemu.qmp import Qmp, QmpError
 
 QEMU = "qemu-system-x86_64"
@@ -63,7 +64,7 @@ class QemuOptions(DriverOptions):
 
 def run_root(nova_home: Path) -> Path:
     """Per-NOVA_HOME folder on /run for pidfiles and sockets."""
-    return Path("/run") / f"nova-qemu-{hashlib.sha256(str(nova_home.resolve()).encode()).hexdigest()[:10]}"
+    return Path("/run") / f"nova-qemu-{home_digest(nova_home)}"
 
 
 def vm_id(project: str, name: str) -> str:
