@@ -100,6 +100,18 @@ class _Entry(BaseModel):
     driver: str | None = Field(None, description="driver name; the kind's default if absent")
 
 
+def _canonical_ip(value: str | None, example: str) -> str | None:
+    """An IP address in canonical form (so ``fd00::0:1`` and ``fd00::1`` compare equal)."""
+    if value is None:
+        return None
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError as error:
+        raise ValueError(f"'{value}' is not an IP address like {example}") from error
+
+
 class _InstanceEntry(_Entry):
     image: str | None = Field(None, description="image path or name")
     cpu: Number | None = Field(None, gt=0, description="virtual CPUs (containers: fractions allowed)")
@@ -118,14 +130,7 @@ class _InstanceEntry(_Entry):
     @field_validator("ip")
     @classmethod
     def _address(cls, value: str | None) -> str | None:
-        if value is not None:
-            import ipaddress
-
-            try:
-                return str(ipaddress.ip_address(value))
-            except ValueError as error:
-                raise ValueError(f"'{value}' is not an IP address like 10.1.2.10") from error
-        return value
+        return _canonical_ip(value, "10.1.2.10")
 
 
 class DiskEntry(BaseModel):
@@ -242,14 +247,7 @@ class NetworkEntry(_Entry):
     @field_validator("gateway")
     @classmethod
     def _gateway(cls, value: str | None) -> str | None:
-        if value is not None:
-            import ipaddress
-
-            try:
-                return str(ipaddress.ip_address(value))
-            except ValueError as error:
-                raise ValueError(f"'{value}' is not an IP address like 10.1.2.1") from error
-        return value
+        return _canonical_ip(value, "10.1.2.1")
 
     @field_validator("subnet")
     @classmethod
