@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from nova_core.drivers.models import RenderedDetail
     from nova_core.engine.plan import PlanStep
     from nova_core.hooktypes import CheckResult, LifecycleEvent
+    from nova_core.images import ImageKind
 
 PROJECT_NAME = "nova_core"
 ENTRY_POINT_GROUP = "nova_core.plugins"
@@ -55,6 +56,14 @@ def nova_cli_commands() -> list[click.Command]:
             return [hello]
 
     :return: a list of :class:`click.Command` (groups allowed).
+    """
+
+
+@hookspec
+def nova_image_kinds() -> list[ImageKind]:
+    """Return the kinds of images the plugin stores, for ``nova image``.
+
+    Each is an :class:`nova_core.images.ImageKind` (see that module for an example).
     """
 
 

@@ -41,6 +41,7 @@ DRIVER_GROUPS = {kind.group: kind for kind in DriverKind}
 KNOWN_PROVIDERS: dict[tuple[DriverKind, str], str] = {
     (DriverKind.COMPUTE, "qemu"): "nova-qemu",
     (DriverKind.COMPUTE, "libvirt"): "nova-qemu",
+    (DriverKind.COMPUTE, "cloud-hypervisor"): "nova-qemu",  # planned, not built yet
     (DriverKind.COMPUTE, "capsule"): "nova-capsule",
     (DriverKind.NETWORK, "bridge"): "nova-bridge",
     (DriverKind.NETWORK, "vxlan"): "nova-bridge",

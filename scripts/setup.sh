@@ -4,8 +4,9 @@
 #
 #   bash scripts/setup.sh            # from the repository's root
 #
-# Each plugin lists the Debian packages it needs in plugins/<name>/debian-packages.txt
-# and may add a step of its own in plugins/<name>/scripts/setup-hook.sh.
+# Each plugin lists the Debian packages it needs in plugins/<name>/debian-packages.txt,
+# may name optional Python features to install in plugins/<name>/pip-extras.txt, and may
+# add a step of its own in plugins/<name>/scripts/setup-hook.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,7 +46,13 @@ echo "setup: installing nova-core and plugins into .venv"
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install -q -e '.[test]'
 plugin_args=()
-for plugin in plugins/*/; do plugin_args+=(-e "./$plugin"); done
+for plugin in plugins/*/; do
+    plugin="${plugin%/}"
+    # a plugin's optional features to install too (nova-qemu: libvirt), one word per line
+    extras=""
+    [ -f "$plugin/pip-extras.txt" ] && extras=$(tr -s ' \n' ',,' < "$plugin/pip-extras.txt" | sed 's/^,//; s/,$//')
+    plugin_args+=(-e "./$plugin${extras:+[$extras]}")
+done
 .venv/bin/python -m pip install -q "${plugin_args[@]}"
 if [ -x /bin/busybox ] && .venv/bin/python -c "import nova_capsule" 2>/dev/null; then
     # a small local image for examples/quickstart: no registry needed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,18 @@ def test_quickstart_round_trip(run_nova, nova_home: Path, tmp_path: Path) -> Non
         by_name = run_nova("exec", "container", "web", "--", "ping", "-c1", "-W2", "hello",
                            check=True)
         assert "1 packets received" in by_name.stdout
+        paused = run_nova("pause", "container", "web", check=True)
+        assert paused.stdout == "container.web: paused\n"
+        listing = json.loads(run_nova("ls", "--json", check=True).stdout)
+        assert ("web", "paused") in [(i["name"], i["state"]) for i in listing]
+        with pytest.raises(OSError):  # httpd is frozen: no answer (busybox wget -T crashes here)
+            urllib.request.urlopen("http://127.0.0.1:8480/ticks", timeout=2).read()
+        twice = run_nova("pause", "container", "web")
+        assert twice.returncode == 1 and "is paused, not running" in twice.stderr
+        resumed = run_nova("resume", "container", "web", check=True)
+        assert resumed.stdout == "container.web: running\n"
+        with urllib.request.urlopen("http://127.0.0.1:8480/ticks", timeout=10) as answer:
+            assert answer.read().strip()
     finally:
         down = run_nova("down", "--volumes", "-f", QUICKSTART)
         import shutil

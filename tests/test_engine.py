@@ -228,13 +228,13 @@ def test_missing_driver_says_which_package(project_dir: Path, run_nova, nova_hom
     write_novafile(project_dir, """
         [vm.a]
         cpu = 1
-        driver = "libvirt"
+        driver = "cloud-hypervisor"
         [network.n]
         driver = "warp"
     """)
     done = run_nova("up", cwd=project_dir)
     assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert "vm.a: no compute driver 'libvirt'" in done.stderr and "nova-qemu" in done.stderr
+    assert "vm.a: no compute driver 'cloud-hypervisor'" in done.stderr and "nova-qemu" in done.stderr
     assert "network.n: no network driver 'warp'" in done.stderr
     assert not (nova_home / "state.db").exists() or recorded(nova_home) == {}
     stop = run_nova("run", "vm", "a", cwd=project_dir)

@@ -56,16 +56,16 @@ def test_absent_driver_names_the_package_and_the_alternatives(nova_fake_drivers:
     reg = registry()
     monkeypatch.setattr(reg, "installed_version", lambda dist: None)  # as on a host without it
     with pytest.raises(DriverNotFound) as caught:
-        reg.driver_class(DriverKind.COMPUTE, "libvirt")
-    assert caught.value.message == ("no compute driver 'libvirt'; install nova-qemu "
-                                    "(available: capsule, fake, qemu)")
+        reg.driver_class(DriverKind.COMPUTE, "cloud-hypervisor")
+    assert caught.value.message == ("no compute driver 'cloud-hypervisor'; install nova-qemu "
+                                    "(available: capsule, fake, libvirt, qemu)")
     with pytest.raises(DriverNotFound, match=r"no network driver 'warp' \(available: bridge, fake, vxlan\)"):
         reg.driver_class(DriverKind.NETWORK, "warp")
 
 
 def test_absent_driver_of_an_installed_older_plugin(nova_fake_drivers: Path) -> None:
     with pytest.raises(DriverNotFound) as caught:
-        registry().driver_class(DriverKind.COMPUTE, "libvirt")
+        registry().driver_class(DriverKind.COMPUTE, "cloud-hypervisor")
     assert "nova-qemu 0.1.0 is installed but does not provide it" in caught.value.message
 
 

@@ -629,6 +629,26 @@ def restart(app: App, kind: str, name: str, file: str | None, project: str | Non
     click.echo(f"{kind}.{name}: {status.state.value}")
 
 
+@cli.command()
+@instance_options
+@pass_app
+def pause(app: App, kind: str, name: str, file: str | None, project: str | None) -> None:
+    """Freeze a running instance in place (VM CPUs stop; capsule processes freeze)."""
+    with locked_instance(app, kind, name, file, project) as (spec, driver):
+        status = app.engine.pause_instance(spec, driver)
+    click.echo(f"{kind}.{name}: {status.state.value}")
+
+
+@cli.command()
+@instance_options
+@pass_app
+def resume(app: App, kind: str, name: str, file: str | None, project: str | None) -> None:
+    """Let a paused instance run again."""
+    with locked_instance(app, kind, name, file, project) as (spec, driver):
+        status = app.engine.resume_instance(spec, driver)
+    click.echo(f"{kind}.{name}: {status.state.value}")
+
+
 class SnapshotGroup(click.Group):
     """``nova snapshot vm|container NAME`` takes one; ``ls``, ``restore``, ``rm`` manage them."""
 
@@ -833,6 +853,93 @@ def volume_rm(app: App, name: str, project: str | None) -> None:
         plan = app.engine.down_plan(project, [f"volume.{name}"], remove_volumes=True)
         app.engine.apply(plan, command="nova volume rm")
     click.echo(f"volume {name} removed")
+
+
+# -- images --------------------------------------------------------------------------------------
+def _kind_option() -> Callable[[Any], Any]:
+    return click.option("--kind", default=None, metavar="KIND",
+                        help="Only this kind of image: capsule or vm (as plugins provide).")
+
+
+@cli.group()
+def image() -> None:
+    """Images for capsules (OCI) and VMs (disk images): pull, ls, import, rm."""
+
+
+@image.command("ls")
+@json_option()
+@_kind_option()
+def image_ls(as_json: bool, kind: str | None) -> None:
+    """List stored images of every kind."""
+    import time
+
+    from nova_core.images import choose_kind
+    from nova_core.state.store import default_nova_home
+    from nova_core.units import format_size
+
+    home = default_nova_home()
+    rows = [(k.kind, row) for k in choose_kind(kind) for row in k.rows(home)]
+    if as_json:
+        print_json([{"kind": k, **row.data} for k, row in rows])
+        return
+    if not rows:
+        click.echo("no images (nova image pull REF, or nova image import FILE NAME)")
+        return
+    click.echo(table(["NAME", "KIND", "ID", "SIZE", "DETAIL", "ADDED"],
+                     [(r.name, k, r.id, format_size(r.size), r.detail,
+                       time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created)))
+                      for k, r in rows]))
+
+
+@image.command("pull")
+@click.argument("reference")
+@_kind_option()
+def image_pull(reference: str, kind: str | None) -> None:
+    """Pull an image from a registry (capsule images; short names use the default registry)."""
+    from nova_core.images import ImageKind, choose_kind
+    from nova_core.state.store import default_nova_home
+
+    kinds = [k for k in choose_kind(kind) if type(k).pull is not ImageKind.pull] or choose_kind(kind)
+    click.echo(kinds[0].pull(default_nova_home(), reference))
+
+
+@image.command("import")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("name")
+@_kind_option()
+def image_import(path: Path, name: str, kind: str | None) -> None:
+    """Import a file as NAME: a disk image (qcow2, raw, vmdk, ...) for VMs, a rootfs
+    tarball or an OCI archive for capsules."""
+    from nova_core.images import choose_kind
+    from nova_core.state.store import default_nova_home
+
+    if not path.is_file():
+        raise NovaError(f"{path} does not exist or is not a file")
+    kinds = choose_kind(kind)
+    claimed = [k for k in kinds if k.claims(path)] if kind is None else kinds
+    if not claimed:
+        raise NovaError(f"no installed image kind recognises {path}",
+                        hint="tarballs and OCI archives are capsule images, disk images are "
+                             "VM images; --kind says which")
+    click.echo(claimed[0].import_image(default_nova_home(), path, name))
+
+
+@image.command("rm")
+@click.argument("name")
+@_kind_option()
+def image_rm(name: str, kind: str | None) -> None:
+    """Remove an image (refused while VMs are built on it; shared layers are kept)."""
+    from nova_core.images import choose_kind
+    from nova_core.state.store import default_nova_home
+
+    home = default_nova_home()
+    holders = [k for k in choose_kind(kind) if k.find(home, name)]
+    if not holders:
+        raise NovaError(f"no image {name} in the store", hint="nova image ls lists them")
+    if len(holders) > 1:
+        raise NovaError(f"there are {' and '.join(k.kind for k in holders)} images named {name}",
+                        hint="say which with --kind")
+    click.echo(holders[0].remove(home, name))
 
 
 # -- plugins / doctor ----------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from nova_core.drivers.models import (
     ResourceStatus,
     SnapshotInfo,
 )
+from nova_core.errors import NovaError
 
 
 class ComputeDriver(Driver):
@@ -70,6 +71,17 @@ class ComputeDriver(Driver):
     @abc.abstractmethod
     def logs(self, spec: InstanceSpec, request: LogRequest) -> Iterator[LogLine]:
         """Yield the instance's output lines; with ``request.follow``, keep yielding."""
+
+    def pause(self, spec: InstanceSpec) -> ResourceStatus:
+        """Freeze a running instance in place (``paused``); :meth:`resume` lets it go on.
+
+        This default says the driver cannot; drivers that can override both.
+        """
+        raise NovaError(f"{spec.ref.key}: driver {self.name} cannot pause instances")
+
+    def resume(self, spec: InstanceSpec) -> ResourceStatus:
+        """Let a paused instance run again."""
+        raise NovaError(f"{spec.ref.key}: driver {self.name} cannot pause instances")
 
     def check_health(self, spec: InstanceSpec) -> bool | None:
         """Run the instance's health check once: True healthy, False not (yet).

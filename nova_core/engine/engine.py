@@ -342,7 +342,8 @@ class Engine:
                 raise ApplyError(
                     f"{step.ref.key}: {step.action} failed: {message}\n"
                     f"{index - 1} of {len(changes)} steps were applied and recorded.",
-                    hint=f"fix the cause and run `{command}` again: it continues from here",
+                    hint=(f"{error.hint}; then " if isinstance(error, NovaError) and error.hint
+                          else "fix the cause and ") + f"run `{command}` again: it continues from here",
                 ) from error
             reporter.step_finished(step, time.monotonic() - begun)
             report.applied.append(step)
@@ -655,6 +656,14 @@ class Engine:
         """Stop a recorded instance and record its state."""
         wait = spec.stop_timeout if timeout is None else timeout
         return self._call("stop", spec, lambda: driver.stop(spec, wait), self._status_record)
+
+    def pause_instance(self, spec: InstanceSpec, driver: ComputeDriver) -> ResourceStatus:
+        """Pause a running instance and record its state."""
+        return self._call("pause", spec, lambda: driver.pause(spec), self._status_record)
+
+    def resume_instance(self, spec: InstanceSpec, driver: ComputeDriver) -> ResourceStatus:
+        """Resume a paused instance and record its state."""
+        return self._call("resume", spec, lambda: driver.resume(spec), self._status_record)
 
     def _recorded_snapshot(self, spec: InstanceSpec, name: str) -> None:
         ref = spec.ref

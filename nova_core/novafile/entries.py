@@ -143,8 +143,11 @@ class DiskEntry(BaseModel):
 
 
 def _disk(value: object) -> object:
-    if isinstance(value, str):  # a bare path: raw when its name says so
-        return {"path": value, "format": "raw" if value.endswith((".raw", ".img")) else "qcow2"}
+    """A bare path or a table; without ``format``, raw when the file's name says so."""
+    if isinstance(value, str):
+        value = {"path": value}
+    if isinstance(value, dict) and "format" not in value and isinstance(value.get("path"), str):
+        value = {**value, "format": "raw" if value["path"].endswith((".raw", ".img")) else "qcow2"}
     return value
 
 

@@ -1,79 +1,74 @@
-"""``nova image ...``: commands nova-capsule adds to ``nova``."""
+"""What nova-capsule adds to ``nova``: capsule images for ``nova image``, and ``nova exec``."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import click
 
-from nova_core.cli.output import print_json, table
-from nova_core.state.store import default_nova_home
+from nova_core.errors import NovaError
+from nova_core.images import ImageKind, ImageRow
 from nova_core.units import format_size
 
 
-@click.group("image")
-def image_group() -> None:
-    """Capsule images: pull, list, remove, import."""
+class CapsuleImages(ImageKind):
+    """OCI images for capsules: pulled from registries or imported from tarballs."""
 
+    kind = "capsule"
 
-@image_group.command("pull")
-@click.argument("reference")
-def image_pull(reference: str) -> None:
-    """Pull an image from a registry (short names use the default registry)."""
-    from nova_capsule.images import pull
+    def rows(self, nova_home: Path) -> list[ImageRow]:
+        """Every image in the capsule store."""
+        from nova_capsule.images import image_store
 
-    record = pull(default_nova_home(), reference)
-    click.echo(f"{record.name}: {record.digest[:19]} ({format_size(record.size)}, "
-               f"{len(record.layers)} layer{'s' if len(record.layers) != 1 else ''})")
+        return [ImageRow(name=i.name, id=i.digest[7:19], size=i.size,
+                         detail=f"{len(i.layers)} layer{'s' if len(i.layers) != 1 else ''}",
+                         created=i.created, data=i.as_json())
+                for i in image_store(nova_home).images()]
 
+    def claims(self, path: Path) -> bool:
+        """Tar archives: a rootfs tarball or an OCI archive."""
+        import tarfile
 
-@image_group.command("ls")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def image_ls(as_json: bool) -> None:
-    """List the images in the local store."""
-    from nova_capsule.images import image_store
+        try:
+            return tarfile.is_tarfile(path)
+        except OSError:
+            return False
 
-    images = image_store(default_nova_home()).images()
-    if as_json:
-        print_json([i.as_json() for i in images])
-        return
-    if not images:
-        click.echo("no images (nova image pull NAME fetches one)")
-        return
-    click.echo(table(["NAME", "DIGEST", "SIZE", "LAYERS", "ADDED"],
-                     [(i.name, i.digest[7:19], format_size(i.size), len(i.layers),
-                       time.strftime("%Y-%m-%d %H:%M", time.localtime(i.created)))
-                      for i in images]))
+    def import_image(self, nova_home: Path, path: Path, name: str) -> str:
+        """Import a rootfs tarball (tar or tar.gz) or an OCI archive as NAME[:TAG]."""
+        from nova_capsule.images import image_store
 
+        if ":" not in name.rsplit("/", 1)[-1]:
+            name += ":latest"
+        record = image_store(nova_home).import_archive(path, name)
+        return f"{record.name}: {record.digest[:19]} ({format_size(record.size)})"
 
-@image_group.command("rm")
-@click.argument("reference")
-def image_rm(reference: str) -> None:
-    """Remove an image; layers other images or capsules use are kept."""
-    from nova_capsule.images import find_local, image_store, layers_in_use
-    from nova_core.errors import NovaError
+    def find(self, nova_home: Path, name: str) -> bool:
+        """True when the reference resolves to a stored image."""
+        from nova_capsule.images import find_local
 
-    home = default_nova_home()
-    record = find_local(home, reference)
-    if record is None:
-        raise NovaError(f"no image {reference} in the store", hint="nova image ls lists them")
-    removed = image_store(home).remove(record.name, in_use=layers_in_use(home))
-    click.echo(f"removed {record.name} ({len(removed)} blob{'s' if len(removed) != 1 else ''} "
-               "freed)")
+        try:
+            return find_local(nova_home, name) is not None
+        except NovaError:
+            return False  # not a reference capsules understand
 
+    def remove(self, nova_home: Path, name: str) -> str:
+        """Remove an image; layers other images or capsules use are kept."""
+        from nova_capsule.images import find_local, image_store, layers_in_use
 
-@image_group.command("import")
-@click.argument("path", type=click.Path(path_type=Path))
-@click.argument("name")
-def image_import(path: Path, name: str) -> None:
-    """Import a rootfs tarball (tar or tar.gz) or an OCI archive as NAME[:TAG]."""
-    from nova_capsule.images import image_store
+        record = find_local(nova_home, name)
+        assert record is not None
+        removed = image_store(nova_home).remove(record.name, in_use=layers_in_use(nova_home))
+        return (f"removed {record.name} ({len(removed)} blob{'s' if len(removed) != 1 else ''} "
+                "freed)")
 
-    if ":" not in name.rsplit("/", 1)[-1]:
-        name += ":latest"
-    record = image_store(default_nova_home()).import_archive(path, name)
-    click.echo(f"{record.name}: {record.digest[:19]} ({format_size(record.size)})")
+    def pull(self, nova_home: Path, reference: str) -> str:
+        """Pull an image from a registry (short names use the default registry)."""
+        from nova_capsule.images import pull
+
+        record = pull(nova_home, reference)
+        return (f"{record.name}: {record.digest[:19]} ({format_size(record.size)}, "
+                f"{len(record.layers)} layer{'s' if len(record.layers) != 1 else ''})")
 
 
 @click.command("exec", context_settings={"ignore_unknown_options": True})

@@ -413,11 +413,36 @@ class CapsuleDriver(ComputeDriver):
             runtime = self._runtime(spec)
             files.stopping.write_text(str(time.time()))
             if self._running(runtime, meta.id):
+                if (runtime.state(meta.id) or {}).get("status") == "paused":
+                    runtime.call("resume", meta.id, check=False)  # a frozen task gets no signal
                 runtime.call("kill", meta.id, "TERM", check=False)
                 if not self._wait_stopped(runtime, meta.id, timeout):
                     runtime.call("kill", meta.id, "KILL", check=False)
                     self._wait_stopped(runtime, meta.id, 10)
             self._teardown(runtime, meta, files)
+            return self.status(spec)
+
+    def pause(self, spec: InstanceSpec) -> ResourceStatus:
+        """Freeze every process of the capsule (the runtime's cgroup freezer)."""
+        return self._freezer(spec, "pause", "running")
+
+    def resume(self, spec: InstanceSpec) -> ResourceStatus:
+        """Thaw a paused capsule."""
+        return self._freezer(spec, "resume", "paused")
+
+    def _freezer(self, spec: InstanceSpec, command: str, needs: str) -> ResourceStatus:
+        with CapsuleLock(self.context.nova_home, self._id(spec)):
+            files = self.files(spec)
+            if not files.exists():
+                raise NovaError(f"{spec.ref.key} does not exist")
+            meta = files.read()
+            runtime = self._runtime(spec)
+            status = (runtime.state(meta.id) or {}).get("status")
+            if status != needs:
+                raise NovaError(f"{spec.ref.key} is {status or 'stopped'}, not {needs}",
+                                hint=f"nova {'resume' if status == 'paused' else 'run'} "
+                                     f"container {spec.ref.name}")
+            runtime.call(command, meta.id)
             return self.status(spec)
 
     @staticmethod

@@ -1,4 +1,5 @@
-"""nova-capsule's hooks: host checks for ``nova doctor`` and the ``nova image`` commands."""
+"""nova-capsule's hooks: host checks for ``nova doctor``, capsule images for ``nova image``,
+and ``nova exec``."""
 
 from __future__ import annotations
 
@@ -13,10 +14,18 @@ CATEGORY = "nova-capsule"
 
 @hookimpl
 def nova_cli_commands() -> list[Any]:
-    """``nova image pull|ls|rm|import`` and ``nova exec``."""
-    from nova_capsule.cli import exec_command, image_group
+    """``nova exec``."""
+    from nova_capsule.cli import exec_command
 
-    return [image_group, exec_command]
+    return [exec_command]
+
+
+@hookimpl
+def nova_image_kinds() -> list[Any]:
+    """OCI images for capsules."""
+    from nova_capsule.cli import CapsuleImages
+
+    return [CapsuleImages()]
 
 
 @hookimpl

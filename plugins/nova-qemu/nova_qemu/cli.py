@@ -28,20 +28,18 @@ def console_command(ctx: click.Context, project: str | None, file: str | None, k
     from nova_core.cli.app import App, resolve_project
     from nova_core.drivers.models import ResourceKind
     from nova_core.errors import NovaError
-    from nova_qemu.driver import QemuDriver
+    from nova_qemu.vm import VmDriver
 
     app = ctx.find_object(App)
     assert app is not None
     project = resolve_project(app, kind, name, file, project)
     spec, driver = app.engine.instance(project, ResourceKind.VM, name)
-    if not isinstance(driver, QemuDriver):
+    if not isinstance(driver, VmDriver):
         raise NovaError(f"vm {name} runs on driver {spec.driver}, which has no console here")
-    files = driver.files(spec)
-    if files.pid() is None:
-        raise NovaError(f"vm {name} is not running", hint=f"nova run vm {name}")
+    path = driver.console_socket(spec)
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        conn.connect(str(files.console))
+        conn.connect(str(path))
     except OSError as error:
         raise NovaError(f"cannot reach vm {name}'s console: {error.strerror}") from error
     click.echo(f"connected to vm.{name}'s serial console; Ctrl-] detaches", err=True)

@@ -19,6 +19,14 @@ def nova_cli_commands() -> list[Any]:
 
 
 @hookimpl
+def nova_image_kinds() -> list[Any]:
+    """Disk images for VMs."""
+    from nova_qemu.images import VmImages
+
+    return [VmImages()]
+
+
+@hookimpl
 def nova_doctor_checks() -> list[CheckResult]:
     """QEMU programs, firmware, and whether KVM really runs guests (a boot probe)."""
     from pathlib import Path

@@ -13,79 +13,19 @@ import os
 import re
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from nova_qemu.driver import QemuDriver, QemuOptions, run_root
-from nova_qemu.testing import MARKER, busybox_initramfs, guest_kernel
+from nova_qemu.driver import QemuDriver
+from nova_qemu.testing import MARKER, guest_kernel
+from nova_qemu.testing import guest_spec as vm
+from nova_qemu.testing import wait_for_serial as wait_for
+from nova_qemu.vm import run_root
 
 from nova_core.drivers.base import DriverContext
-from nova_core.drivers.models import (
-    DiskSpec,
-    Lifecycle,
-    LogRequest,
-    ResourceKind,
-    ResourceRef,
-    VmSpec,
-)
+from nova_core.drivers.models import Lifecycle, LogRequest, VmSpec
 from nova_core.errors import NovaError
 from nova_core.testing.contracts import ComputeDriverContract
-
-
-def qemu_processes(marker: str) -> list[int]:
-    found = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-            except OSError:
-                continue
-            if cmdline.startswith("qemu-system") and marker in cmdline:
-                found.append(int(pid))
-    return found
-
-
-@pytest.fixture(autouse=True)
-def _nothing_left(nova_home: Path) -> Iterator[None]:
-    yield
-    marker = str(run_root(nova_home))
-    deadline = time.monotonic() + 5
-    while qemu_processes(marker) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert qemu_processes(marker) == []
-    assert not run_root(nova_home).exists()
-
-
-@pytest.fixture(scope="session")
-def initrd(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return busybox_initramfs(tmp_path_factory.mktemp("guest") / "initrd.gz")
-
-
-@pytest.fixture
-def driver(nova_home: Path) -> QemuDriver:
-    return QemuDriver("qemu", DriverContext(nova_home=nova_home))
-
-
-def vm(tmp_path: Path, initrd: Path, name: str = "g1", **fields: object) -> VmSpec:
-    fields.setdefault("disks", [DiskSpec(path=str(tmp_path / f"{name}-data.qcow2"),
-                                         size=64 * 2**20)])
-    return VmSpec(ref=ResourceRef(project="qemut", kind=ResourceKind.VM, name=name),
-                  driver="qemu", base_dir=tmp_path, kernel=str(guest_kernel()),
-                  initrd=str(initrd), cmdline="console=ttyS0 panic=-1 quiet",
-                  stop_timeout=1.0, options=QemuOptions(accel="tcg"),
-                  **{"memory": 128 * 2**20, **fields})
-
-
-def wait_for(driver: QemuDriver, spec: VmSpec, pattern: str, timeout: float = 60) -> str:
-    """Wait until the serial log matches ``pattern``; return the log."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        text = "\n".join(line.text for line in driver.logs(spec, LogRequest()))
-        if re.search(pattern, text):
-            return text
-        time.sleep(0.1)
-    raise AssertionError(f"no {pattern!r} on the serial console within {timeout}s:\n{text[-500:]}")
 
 
 class TestQemuContract(ComputeDriverContract):
@@ -204,6 +144,10 @@ stop_timeout = 1
         assert b"detached from vm.cli (it keeps running)" in console.stderr.read()
         listing = json.loads(run_nova("ls", "--json", cwd=project_dir).stdout)
         assert [(i["name"], i["state"]) for i in listing] == [("cli", "running")]
+        assert run_nova("pause", "vm", "cli", cwd=project_dir).stdout == "vm.cli: paused\n"
+        listing = json.loads(run_nova("ls", "--json", cwd=project_dir).stdout)
+        assert [(i["name"], i["state"]) for i in listing] == [("cli", "paused")]
+        assert run_nova("resume", "vm", "cli", cwd=project_dir).stdout == "vm.cli: running\n"
         gone = run_nova("console", "vm", "nosuch", cwd=project_dir)
         assert gone.returncode == 1 and "Traceback" not in gone.stderr
     finally:
