@@ -242,7 +242,8 @@ def test_missing_driver_says_which_package(project_dir: Path, run_nova, nova_hom
 
 
 def test_gpu_passthrough_reserves_and_releases(project_dir: Path, fake_distribution, run_nova,
-                                                nova_home: Path) -> None:
+                                                nova_home: Path, monkeypatch) -> None:
+    monkeypatch.setenv("NOVA_DISABLE_PLUGINS", "nova-vfio")  # the fake stands in for it here
     fake_distribution("nova-fake-all", {
         "nova_core.compute": {"fake": "nova_core.testing.fakes:FakeComputeDriver"},
         "nova_core.device": {"vfio": "nova_core.testing.fakes:FakeDeviceDriver"},

@@ -69,7 +69,12 @@ def oci_config(spec: ContainerSpec, *, rootfs: str, argv: list[str], env: dict[s
     namespaces.append({"type": "user", "path": userns} if userns else {"type": "user"})
     if not host_network:
         namespaces.append({"type": "network", "path": netns} if netns else {"type": "network"})
-    resources: dict[str, Any] = {"devices": [{"allow": False, "access": "rwm"}]}
+    from nova_capsule.devices import device_edits
+
+    edits = device_edits(spec.devices, spec.gpu)
+    env = {**env, **edits.env}
+    mounts = [*mounts, *edits.mounts]
+    resources: dict[str, Any] = {"devices": [{"allow": False, "access": "rwm"}, *edits.rules]}
     if spec.memory:
         resources["memory"] = {"limit": spec.memory}
     if spec.cpu:
@@ -110,6 +115,7 @@ def oci_config(spec: ContainerSpec, *, rootfs: str, argv: list[str], env: dict[s
             "uidMappings": [{"containerID": 0, "hostID": uid_base, "size": uid_count}],
             "gidMappings": [{"containerID": 0, "hostID": uid_base, "size": uid_count}],
             "namespaces": namespaces,
+            "devices": edits.nodes,
             "cgroupsPath": cgroups_path,
             "resources": resources,
             "maskedPaths": MASKED_PATHS,

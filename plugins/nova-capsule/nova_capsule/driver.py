@@ -187,6 +187,9 @@ class CapsuleDriver(ComputeDriver):
         files = self.files(spec)
         if files.exists():
             return self.status(spec)
+        from nova_capsule.devices import device_edits
+
+        device_edits(spec.devices, spec.gpu)  # every node exists (checked again at start)
         binds = []
         for mount in spec.volumes:
             source = Path(mount.host_path or mount.source)

@@ -475,3 +475,42 @@ def test_too_small_a_storage_size_is_a_clear_error(driver: CapsuleDriver, tmp_pa
     with pytest.raises(NovaError, match="writable layer"):
         driver.create(spec)
     assert not driver.files(spec).root.exists()
+
+
+def test_device_nodes_and_a_cdi_gpu(driver: CapsuleDriver, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real host node (/dev/net/tun) by path, and a GPU from a CDI spec. This host has no
+    GPU, so the CDI spec here (a JSON file in a folder NOVA_CDI_SPEC_DIRS names) maps a
+    "GPU" to /dev/net/tun: what is tested is Nova's handling of a vendor's spec."""
+    cdi = tmp_path / "cdi"
+    cdi.mkdir()
+    (cdi / "example.json").write_text(json.dumps({
+        "cdiVersion": "0.5.0", "kind": "example.com/gpu",
+        "devices": [{"name": "0", "containerEdits": {
+            "deviceNodes": [{"path": "/dev/examplegpu0", "hostPath": "/dev/net/tun"}]}}],
+        "containerEdits": {"env": ["EXAMPLE_VISIBLE_DEVICES=all"]}}))
+    monkeypatch.setenv("NOVA_CDI_SPEC_DIRS", str(cdi))
+    spec = container(tmp_path, "dev1", devices=["/dev/net/tun"], gpu=True)
+    driver.create(spec)
+    try:
+        driver.start(spec)
+        done = exec_out(driver, spec, "ls -l /dev/net/tun /dev/examplegpu0; "
+                                      "echo $EXAMPLE_VISIBLE_DEVICES; ls -l /dev/null")
+        lines = done.stdout.splitlines()
+        assert lines[0].startswith("crw") and "10, 200" in lines[0], done.stdout + done.stderr
+        assert lines[1].startswith("crw") and "10, 200" in lines[1]
+        assert lines[2] == "all"
+    finally:
+        driver.delete(spec)
+    for fields, message in (({"devices": ["/etc/passwd"]}, "not a device node under /dev"),
+                            ({"devices": ["/dev/nosuchdev"]}, "does not exist on this host"),
+                            ({"devices": ["/dev/shm"]}, "is not a device node")):
+        bad = container(tmp_path, "dev2", **fields)
+        with pytest.raises(NovaError, match=message):
+            driver.create(bad)
+        assert driver.status(bad).state.value == "missing"
+    monkeypatch.setenv("NOVA_CDI_SPEC_DIRS", str(tmp_path / "none"))
+    nogpu = container(tmp_path, "dev3", gpu=True)
+    with pytest.raises(NovaError, match="gpu = true but this host has no GPU"):
+        driver.create(nogpu)
+    assert driver.status(nogpu).state.value == "missing"

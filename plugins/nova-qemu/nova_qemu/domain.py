@@ -116,7 +116,6 @@ class LibvirtDriver(VmDriver):
         if machine == "microvm":
             raise NovaError(f"{spec.ref.key}: libvirt cannot run machine = \"microvm\"",
                             hint='use machine = "q35" or "pc", or driver = "qemu"')
-        self.check_passthrough(spec)
         files = self.files(spec)
         ET.register_namespace("nova", NS)
         root = ET.Element("domain", type="kvm" if accel == "kvm" else "qemu")
@@ -170,6 +169,18 @@ class LibvirtDriver(VmDriver):
         if "user" in spec.networks:
             nic = ET.SubElement(devices, "interface", type="user")
             ET.SubElement(nic, "model", type="virtio")
+        for address, options in self.passthrough(spec):  # reserved by nova-vfio
+            hostdev = ET.SubElement(devices, "hostdev", mode="subsystem", type="pci", managed="no")
+            domain, bus, rest = address.split(":")
+            slot, function = rest.split(".")
+            ET.SubElement(ET.SubElement(hostdev, "source"), "address", domain=f"0x{domain}",
+                          bus=f"0x{bus}", slot=f"0x{slot}", function=f"0x{function}")
+            if "romfile" in options or options.get("rombar") == "off":
+                rom = ET.SubElement(hostdev, "rom")
+                if "romfile" in options:
+                    rom.set("file", options["romfile"])
+                if options.get("rombar") == "off":
+                    rom.set("bar", "off")
         serial = ET.SubElement(devices, "serial", type="unix")
         ET.SubElement(serial, "source", mode="bind", path=str(files.console))
         ET.SubElement(serial, "log", file=str(files.serial_log), append="on")
@@ -189,6 +200,7 @@ class LibvirtDriver(VmDriver):
         except NovaError as error:
             return [RenderedDetail(title="error", body=error.message)]
         notes = [RenderedDetail(title="accel", body=note)] if note else []
+        notes += self.passthrough_note(spec)
         return [*notes, RenderedDetail(title="libvirt domain XML", body=xml, format="xml")]
 
     def create(self, spec: InstanceSpec) -> ResourceStatus:

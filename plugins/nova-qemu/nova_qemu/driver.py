@@ -88,7 +88,9 @@ class QemuDriver(VmDriver):
                 index += 1
         if "user" in spec.networks:
             argv += ["-netdev", f"user,id=net{index}", "-device", f"{net},netdev=net{index}"]
-        self.check_passthrough(spec)
+        for address, options in self.passthrough(spec):  # reserved by nova-vfio
+            extra = "".join(f",{key}={value}" for key, value in options.items())
+            argv += ["-device", f"vfio-pci,host={address}{extra}"]
         return argv
 
     # -- contract ----------------------------------------------------------------------
@@ -102,6 +104,7 @@ class QemuDriver(VmDriver):
             return [RenderedDetail(title="error", body=error.message)]
         body = " \\\n  ".join(argv)
         notes = [RenderedDetail(title="accel", body=note)] if note else []
+        notes += self.passthrough_note(spec)
         return [*notes, RenderedDetail(title="QEMU command line", body=body, format="argv")]
 
     def create(self, spec: InstanceSpec) -> ResourceStatus:

@@ -35,6 +35,7 @@ from nova_core.drivers.models import (
     Lifecycle,
     LogLine,
     LogRequest,
+    RenderedDetail,
     ResourceStatus,
     VmSpec,
 )
@@ -191,11 +192,21 @@ class VmDriver(ComputeDriver):
                           "format": disk.format, "size": str(disk.size or "")})
         return disks
 
-    def check_passthrough(self, spec: VmSpec) -> None:
-        """PCI passthrough is nova-vfio's job; until it lands, a clear error."""
-        if spec.gpu_passthrough or spec.devices:
-            raise NovaError(f"{spec.ref.key}: PCI passthrough needs nova-vfio, which is not built yet",
-                            hint="remove gpu_passthrough and devices for now")
+    @staticmethod
+    def passthrough(spec: VmSpec) -> list[tuple[str, dict[str, str]]]:
+        """(host PCI address, vfio-pci options) of each device nova-vfio reserved for the VM."""
+        keep = ("x-vga", "romfile", "rombar", "multifunction")
+        return [(d.address, {k: v for k, v in d.options.items() if k in keep})
+                for d in spec.assigned_devices if d.kind in ("pci", "vf")]
+
+    @staticmethod
+    def passthrough_note(spec: VmSpec) -> list[RenderedDetail]:
+        """For ``nova plan``: devices are chosen when the VM is created."""
+        if (spec.gpu_passthrough or spec.devices) and not spec.assigned_devices:
+            asked = [*(["a GPU (gpu_passthrough)"] if spec.gpu_passthrough else []), *spec.devices]
+            return [RenderedDetail(title="passthrough", body="reserved and bound to vfio-pci by "
+                                   f"nova-vfio when the VM is created: {', '.join(asked)}")]
+        return []
 
     def check_inputs(self, spec: VmSpec) -> None:
         """Every file the VM needs exists; it has something to boot."""
@@ -214,7 +225,6 @@ class VmDriver(ComputeDriver):
                             hint='give image = "disk.qcow2" or kernel = "vmlinuz"')
         if getattr(spec.options, "firmware", "bios") == "uefi" and not OVMF_CODE.exists():
             raise NovaError("firmware = \"uefi\" needs OVMF", hint="apt-get install ovmf")
-        self.check_passthrough(spec)
 
     # -- creating the files ----------------------------------------------------------------
     def prepare(self, spec: VmSpec) -> list[dict[str, str]]:

@@ -17,7 +17,7 @@ from nova_qemu.domain import LibvirtDriver, LibvirtOptions
 from nova_qemu.driver import QemuDriver
 
 from nova_core.drivers.base import DriverContext
-from nova_core.drivers.models import NetworkAttachment, VmSpec
+from nova_core.drivers.models import DeviceAssignment, NetworkAttachment, VmSpec
 from nova_core.errors import NovaError
 from nova_core.novafile.loader import load_novafile
 from nova_core.plugins import PluginRegistry
@@ -34,6 +34,16 @@ def golden_spec(case: str) -> VmSpec:
         spec = spec.model_copy(update={"attachments": [NetworkAttachment(
             network="lan", driver="bridge", instance=spec.ref, endpoint="tap",
             details={"tap": "nvt0123456789", "mac": "52:54:00:12:34:56"})]})
+    if "passthrough" in case:  # as nova-vfio hands them over (a GPU, its audio, a NIC, a VF)
+        spec = spec.model_copy(update={"assigned_devices": [
+            DeviceAssignment(address="0000:01:00.0", driver="vfio", kind="pci",
+                             options={"gpu": "1", "multifunction": "on", "x-vga": "on",
+                                      "romfile": "/srv/rtx3090.rom"}),
+            DeviceAssignment(address="0000:01:00.1", driver="vfio", kind="pci"),
+            DeviceAssignment(address="0000:05:00.0", driver="vfio", kind="pci",
+                             options={"rombar": "off"}),
+            DeviceAssignment(address="0000:04:01.2", driver="sriov", kind="vf",
+                             options={"pf": "0000:04:00.0"})]})
     return spec
 
 
@@ -72,7 +82,7 @@ def test_novafile_renders_to_the_pinned_domain_xml(case: str) -> None:
 
 def test_there_are_cases_for_machines_firmware_disks_and_networks() -> None:
     assert {"q35-kernel", "pc-image-disks", "microvm-tap", "uefi-user-net",
-            "q35-cloud-init", "q35-tap-libvirt"} <= set(CASES)
+            "q35-cloud-init", "q35-tap-libvirt", "q35-passthrough"} <= set(CASES)
     assert (GOLDEN / "microvm-tap.xml").read_text().startswith("error: ")
     assert "<nova:home>" in (GOLDEN / "q35-kernel.xml").read_text()
     assert not Path(HOME).exists()
@@ -85,9 +95,12 @@ def test_a_novafile_chooses_the_libvirt_driver_and_its_uri() -> None:
     assert details[-1].format == "xml" and "<interface type=\"ethernet\">" in details[-1].body
 
 
-def test_passthrough_is_a_clear_error_until_nova_vfio() -> None:
-    spec = golden_spec("q35-kernel").model_copy(update={"gpu_passthrough": True})
+def test_plan_says_when_passthrough_devices_are_chosen() -> None:
+    spec = golden_spec("q35-kernel").model_copy(update={"gpu_passthrough": True,
+                                                       "devices": ["0000:03:00.0"]})
     for driver in (QemuDriver("qemu", DriverContext(nova_home=HOME)),
                    LibvirtDriver("libvirt", DriverContext(nova_home=HOME))):
         details = driver.render(spec)
-        assert details[0].title == "error" and "nova-vfio" in details[0].body
+        [note] = [d for d in details if d.title == "passthrough"]
+        assert "a GPU (gpu_passthrough), 0000:03:00.0" in note.body
+        assert "vfio-pci" not in details[-1].body  # nothing is bound before create
