@@ -391,3 +391,17 @@ def test_kill_and_restart(lab: Path, run_nova, nova_home: Path, tmp_path: Path) 
     log = fake_state(nova_home)["lab/container/web"]["log"]
     assert log[-3:] == ["stopped", "stopped", "started"]
     assert recorded(nova_home)["container.web"] == "running"
+
+
+def test_pause_on_a_driver_that_cannot_is_a_clear_error(project_dir: Path, run_nova,
+                                                        nova_fake_drivers) -> None:
+    write_novafile(project_dir, '[vm.a]\ndriver = "fake"\n')
+    run_nova("up", cwd=project_dir, check=True)
+    paused = run_nova("pause", "vm", "a", cwd=project_dir)
+    assert paused.returncode == 1 and "Traceback" not in paused.stderr
+    assert "vm.a: driver fake cannot pause instances" in paused.stderr
+    listing = json.loads(run_nova("ls", "--json", cwd=project_dir, check=True).stdout)
+    assert [(i["name"], i["state"]) for i in listing] == [("a", "running")]  # state untouched
+    missing = run_nova("resume", "vm", "nosuch", cwd=project_dir)
+    assert missing.returncode == 1 and "not recorded" in missing.stderr
+    run_nova("down", cwd=project_dir, check=True)
