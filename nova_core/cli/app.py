@@ -533,6 +533,14 @@ def locked_instance(app: App, kind: str, name: str, file: str | None,
         yield app.engine.instance(project, ResourceKind(kind), name)
 
 
+def _act(app: App, kind: str, name: str, file: str | None, project: str | None,
+         action: Callable[[Any, Any], Any]) -> None:
+    """Run ``action(spec, driver)`` on one instance under its project's lock; print its state."""
+    with locked_instance(app, kind, name, file, project) as (spec, driver):
+        status = action(spec, driver)
+    click.echo(f"{kind}.{name}: {status.state.value}")
+
+
 def instance_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """KIND NAME arguments plus --file and --project."""
     func = project_option("Project of the instance.")(func)
@@ -600,9 +608,8 @@ def _wait_and_show(app: App, project: str, kind: str, name: str) -> int:
 def stop(app: App, kind: str, name: str, file: str | None, project: str | None,
          timeout: float | None) -> None:
     """Stop a running instance (gracefully, then forced after the timeout)."""
-    with locked_instance(app, kind, name, file, project) as (spec, driver):
-        status = app.engine.stop_instance(spec, driver, timeout)
-    click.echo(f"{kind}.{name}: {status.state.value}")
+    _act(app, kind, name, file, project,
+         lambda spec, driver: app.engine.stop_instance(spec, driver, timeout))
 
 
 @cli.command()
@@ -610,9 +617,8 @@ def stop(app: App, kind: str, name: str, file: str | None, project: str | None,
 @pass_app
 def kill(app: App, kind: str, name: str, file: str | None, project: str | None) -> None:
     """Stop an instance at once (no grace period)."""
-    with locked_instance(app, kind, name, file, project) as (spec, driver):
-        status = app.engine.stop_instance(spec, driver, timeout=0)
-    click.echo(f"{kind}.{name}: {status.state.value}")
+    _act(app, kind, name, file, project,
+         lambda spec, driver: app.engine.stop_instance(spec, driver, timeout=0))
 
 
 @cli.command()
@@ -623,10 +629,12 @@ def kill(app: App, kind: str, name: str, file: str | None, project: str | None) 
 def restart(app: App, kind: str, name: str, file: str | None, project: str | None,
             timeout: float | None) -> None:
     """Stop an instance (gracefully) and start it again."""
-    with locked_instance(app, kind, name, file, project) as (spec, driver):
+
+    def stop_then_start(spec: Any, driver: Any) -> Any:
         app.engine.stop_instance(spec, driver, timeout)
-        status = app.engine.start_instance(spec, driver)
-    click.echo(f"{kind}.{name}: {status.state.value}")
+        return app.engine.start_instance(spec, driver)
+
+    _act(app, kind, name, file, project, stop_then_start)
 
 
 @cli.command()
@@ -634,9 +642,7 @@ def restart(app: App, kind: str, name: str, file: str | None, project: str | Non
 @pass_app
 def pause(app: App, kind: str, name: str, file: str | None, project: str | None) -> None:
     """Freeze a running instance in place (VM CPUs stop; capsule processes freeze)."""
-    with locked_instance(app, kind, name, file, project) as (spec, driver):
-        status = app.engine.pause_instance(spec, driver)
-    click.echo(f"{kind}.{name}: {status.state.value}")
+    _act(app, kind, name, file, project, app.engine.pause_instance)
 
 
 @cli.command()
@@ -644,9 +650,7 @@ def pause(app: App, kind: str, name: str, file: str | None, project: str | None)
 @pass_app
 def resume(app: App, kind: str, name: str, file: str | None, project: str | None) -> None:
     """Let a paused instance run again."""
-    with locked_instance(app, kind, name, file, project) as (spec, driver):
-        status = app.engine.resume_instance(spec, driver)
-    click.echo(f"{kind}.{name}: {status.state.value}")
+    _act(app, kind, name, file, project, app.engine.resume_instance)
 
 
 class SnapshotGroup(click.Group):

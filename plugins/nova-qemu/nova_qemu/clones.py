@@ -97,6 +97,17 @@ def freeze(nova_home: Path, project: str, source: str) -> Path:
     return frozen
 
 
+def _vm_bases(nova_home: Path) -> set[str]:
+    """The files the recorded VMs' disks are built on (images, frozen disks)."""
+    return {disk["base"] for meta in (nova_home / "drivers").glob("*/vms/*/*/vm.json")
+            for disk in json.loads(meta.read_text())["disks"] if disk.get("base")}
+
+
+def bases_in_use(nova_home: Path) -> set[str]:
+    """Every file a VM's disk or a frozen disk is built on (never to be removed)."""
+    return _vm_bases(nova_home) | set(_chains(nova_home).values())
+
+
 def forget_unused_bases(nova_home: Path) -> list[Path]:
     """Remove frozen files no VM disk and no other frozen file is built on; return them."""
     folder = bases_dir(nova_home)
@@ -104,12 +115,10 @@ def forget_unused_bases(nova_home: Path) -> list[Path]:
         return []
     chains = _chains(nova_home)
     wanted: set[str] = set()
-    for meta in (nova_home / "drivers").glob("*/vms/*/*/vm.json"):
-        for disk in json.loads(meta.read_text())["disks"]:
-            base = disk.get("base")
-            while base and base not in wanted:
-                wanted.add(base)
-                base = chains.get(base)
+    for base in _vm_bases(nova_home):
+        while base and base not in wanted:
+            wanted.add(base)
+            base = chains.get(base)
     removed = [Path(path) for path in chains if path not in wanted]
     for path in removed:
         path.unlink(missing_ok=True)

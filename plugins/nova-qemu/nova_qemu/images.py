@@ -149,17 +149,6 @@ def vm_image_store(nova_home: Path) -> VmImageStore:
     return VmImageStore(nova_home)
 
 
-def bases_in_use(nova_home: Path) -> set[str]:
-    """Every base file a VM's disk (or a frozen disk) is built on."""
-    used: set[str] = set()
-    for meta in (nova_home / "drivers").glob("*/vms/*/*/vm.json"):
-        used |= {d["base"] for d in json.loads(meta.read_text())["disks"] if d.get("base")}
-    chains = nova_home / "drivers" / "qemu" / "bases" / "chains.json"
-    if chains.exists():
-        used |= set(json.loads(chains.read_text()).values())
-    return used
-
-
 def _copy(source: Path, target: Path, progress: Callable[[int, int], None] | None) -> str:
     """Copy keeping holes; return the sha256 of the content."""
     digest = hashlib.sha256()
@@ -237,9 +226,11 @@ class VmImages(ImageKind):
 
     def remove(self, nova_home: Path, name: str) -> str:
         """Remove it, unless a VM's disk is built on it."""
+        from nova_qemu.clones import bases_in_use
+
         image = vm_image_store(nova_home).remove(name, bases_in_use(nova_home))
         return f"removed VM image {image.name}"
 
 
-__all__ = ["VmImage", "VmImageStore", "VmImages", "bases_in_use", "is_image_name",
+__all__ = ["VmImage", "VmImageStore", "VmImages", "is_image_name",
            "vm_image_store"]

@@ -168,11 +168,9 @@ class VfioDriver(PassthroughBase):
                 return [gpu, *self.host.companions(gpu)]
             if owner is not None:
                 reasons.append(f"{gpu.address} is held by {owner}")
-            elif self.host.host_use(gpu):
-                reasons.append(f"{gpu.address}: {self.host.host_use(gpu)}")
-            elif not self.host.isolated(gpu):
-                others = [m.address for m in self.host.group_members(gpu)
-                          if m.slot != gpu.slot and not m.is_bridge]
+            elif why := self.host.host_use(gpu):
+                reasons.append(f"{gpu.address}: {why}")
+            elif others := self.host.strangers(gpu):
                 reasons.append(f"{gpu.address} shares IOMMU group {gpu.group} with "
                                f"{', '.join(others)}")
             else:
@@ -188,14 +186,12 @@ class VfioDriver(PassthroughBase):
         for entry in claim.addresses:
             address, options = parse_entry(entry)
             device = self.host.device(address)
-            if not self.host.isolated(device):
-                others = [m.address for m in self.host.group_members(device)
-                          if m.slot != device.slot and not m.is_bridge]
-                if not self.context.force:
-                    raise NovaError(f"{address} shares IOMMU group {device.group} with "
-                                    f"{', '.join(others)}, which would be taken from the host too",
-                                    hint="pass those too, move the card to another slot, or "
-                                         "enable ACS; --force takes the whole group")
+            others = self.host.strangers(device)
+            if others and not self.context.force:
+                raise NovaError(f"{address} shares IOMMU group {device.group} with "
+                                f"{', '.join(others)}, which would be taken from the host too",
+                                hint="pass those too, move the card to another slot, or "
+                                     "enable ACS; --force takes the whole group")
             chosen[address] = (device, options)
         if claim.gpu:
             gpu, *companions = self._pick_gpu(holder)

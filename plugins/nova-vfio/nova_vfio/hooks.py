@@ -54,8 +54,7 @@ def gpu_checks(root: Path = Path("/")) -> list[CheckResult]:
             results.append(CheckResult(CATEGORY, name, "ok", f"group {gpu.group} is isolated"
                                        + (" (drives the host console)" if gpu.boot_vga else "")))
         else:
-            others = [m.address for m in host.group_members(gpu)
-                      if m.slot != gpu.slot and not m.is_bridge]
+            others = host.strangers(gpu)
             results.append(CheckResult(
                 CATEGORY, name, "warn", f"group {gpu.group} also holds {', '.join(others)}",
                 "move the card to a slot with its own group, or enable ACS in the firmware "

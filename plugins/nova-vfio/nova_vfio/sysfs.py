@@ -181,11 +181,16 @@ class PciHost:
         """The other functions of the same card (a GPU's HDMI/DP audio, USB-C controller)."""
         return [d for d in self.devices() if d.slot == device.slot and d.address != device.address]
 
+    def strangers(self, device: PciDevice) -> list[str]:
+        """Addresses in ``device``'s group that are neither its card's functions nor bridges."""
+        if device.is_bridge:
+            return []
+        return [m.address for m in self.group_members(device)
+                if m.slot != device.slot and not m.is_bridge]
+
     def isolated(self, device: PciDevice) -> bool:
         """True when its group holds only its own card's functions and bridges."""
-        if device.is_bridge:
-            return True
-        return all(m.slot == device.slot or m.is_bridge for m in self.group_members(device))
+        return not self.strangers(device)
 
     def iommu_groups(self) -> int:
         """How many IOMMU groups the kernel made (0: no IOMMU)."""
