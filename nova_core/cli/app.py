@@ -399,6 +399,12 @@ def net_inspect(app: App, name: str, project: str | None, as_json: bool) -> None
         extra = ", ".join(f"{k}={v}" for k, v in item.items() if k != "instance")
         click.echo(f"    {item['instance']}: {extra}")
     for key, value in info["host"].items():
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            click.echo(f"  {key}:")  # peers of an overlay, say: one line each
+            for item in value:
+                click.echo("    " + ", ".join(f"{k}={v}" for k, v in item.items()
+                                              if v not in (None, "", [])))
+            continue
         click.echo(f"  {key}: {value if not isinstance(value, dict | list) else json.dumps(value)}")
 
 

@@ -10,10 +10,11 @@ NOVA_HOME/drivers/bridge/dns/PROJECT-NAME/
 ```
 
 dnsmasq binds only the bridge's addresses. A two-line ``sh`` loop supervises it
-(restarting it a second after it dies); :meth:`DnsService.ensure_running` restarts
-the supervisor itself if that died too, and ``nova up`` calls it through the
-driver's status. New names are picked up by dnsmasq's inotify on the folders; a
-removed name needs a SIGHUP (a reload, not a restart).
+(nova_bridge.supervise: restarting it a second after it dies);
+:meth:`DnsService.ensure_running` restarts the supervisor itself if that died too,
+and ``nova up`` calls it through the driver's status. New names are picked up by
+dnsmasq's inotify on the folders; a removed name needs a SIGHUP (a reload, not a
+restart).
 """
 
 from __future__ import annotations
@@ -27,19 +28,9 @@ import time
 from pathlib import Path
 
 from nova_bridge.records import Lease, NetworkRecord
+from nova_bridge.supervise import Supervised
 from nova_core.errors import NovaError
 from nova_core.hostinfo.ports import sockets
-
-SUPERVISOR = ("trap 'kill -TERM $child 2>/dev/null; wait $child; exit 0' TERM INT\n"
-              "while :; do dnsmasq -k --conf-file=\"$1\" & child=$!; wait $child; sleep 1; done\n")
-
-
-def _alive(pid: int, marker: str) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return False
-    return marker in cmdline
 
 
 class DnsService:
@@ -53,6 +44,10 @@ class DnsService:
         self.dhcp = folder / "dhcp"
         self.pidfile = state / "supervisor.pid"
         self.log = state / "dnsmasq.log"
+        self.daemon = Supervised([shutil.which("dnsmasq") or "dnsmasq", "-k",
+                                  f"--conf-file={self.conf}"], marker=f"--conf-file={self.conf}",
+                                 program="dnsmasq", pidfile=self.pidfile, log=self.log,
+                                 label="nova-dns")
 
     @staticmethod
     def wanted(record: NetworkRecord) -> bool:
@@ -118,46 +113,17 @@ class DnsService:
 
     def supervisor_pid(self) -> int | None:
         """The supervising shell's PID, if it is alive."""
-        try:
-            pid = int(self.pidfile.read_text())
-        except (OSError, ValueError):
-            return None
-        return pid if _alive(pid, str(self.conf)) else None
+        return self.daemon.supervisor_pid()
 
     def dnsmasq_pid(self) -> int | None:
         """The running dnsmasq's PID, if any."""
-        supervisor = self.supervisor_pid()
-        if supervisor is None:
-            return None
-        try:
-            children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
-        except OSError:
-            return None
-        return next((int(c) for c in children if _alive(int(c), "dnsmasq")), None)
-
-    def _strays(self) -> list[int]:
-        """dnsmasq processes of this network whose supervisor is gone."""
-        marker = f"--conf-file={self.conf}"
-        found = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit() and _alive(int(entry), marker):
-                argv0 = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0", 1)[0]
-                if os.path.basename(argv0) == b"dnsmasq":
-                    found.append(int(entry))
-        return found
-
-    def _kill_strays(self) -> None:
-        for pid in self._strays():
-            os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 2
-        while self._strays() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        return self.daemon.child_pid()
 
     def ensure_running(self, record: NetworkRecord, timeout: float = 5.0) -> None:
         """Start the supervised dnsmasq unless it runs; wait until it serves."""
         if self.supervisor_pid() is not None:
             return
-        self._kill_strays()  # a dnsmasq whose supervisor was killed still holds the ports
+        self.daemon.kill_strays()  # a dnsmasq whose supervisor was killed holds the ports
         binary = shutil.which("dnsmasq")
         if binary is None:
             raise NovaError(f"network {record.name} needs dnsmasq for DNS/DHCP, which is not "
@@ -168,12 +134,8 @@ class DnsService:
         if test.returncode != 0:
             raise NovaError(f"dnsmasq refuses the configuration of network {record.name}: "
                             f"{test.stderr.strip()}")
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as log:
-            process = subprocess.Popen(["sh", "-c", SUPERVISOR, "nova-dns", str(self.conf)],
-                                       stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                       start_new_session=True)
-        self.pidfile.write_text(str(process.pid))
+        self.daemon.argv[0] = binary
+        process = self.daemon.start()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if process.poll() is not None:
@@ -198,22 +160,7 @@ class DnsService:
 
     def stop(self) -> None:
         """Stop the supervisor and dnsmasq, and remove the folder."""
-        supervisor = self.supervisor_pid()
-        if supervisor is not None:
-            child = self.dnsmasq_pid()
-            os.kill(supervisor, signal.SIGTERM)
-            deadline = time.monotonic() + 3
-            while time.monotonic() < deadline and (
-                    _alive(supervisor, str(self.conf)) or (child and _alive(child, "dnsmasq"))):
-                time.sleep(0.01)
-            for pid in (supervisor, child):
-                if pid and _alive(pid, str(self.conf) if pid == supervisor else "dnsmasq"):
-                    os.kill(pid, signal.SIGKILL)
-            try:
-                os.waitpid(supervisor, os.WNOHANG)  # reap it if it was ours
-            except ChildProcessError:
-                pass
-        self._kill_strays()
+        self.daemon.stop()
         shutil.rmtree(self.folder, ignore_errors=True)
         for name in ("dnsmasq.conf", "leases", "supervisor.pid"):  # the log stays
             (self.state / name).unlink(missing_ok=True)

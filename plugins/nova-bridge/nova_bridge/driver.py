@@ -240,17 +240,28 @@ class BridgeDriver(NetworkDriver):
                 raise
         return self.status(spec)
 
+    # Hooks for the overlays (vxlan here, quic in nova-quic): the bridge adds nothing.
     def _make_extra(self, links: Links, record: NetworkRecord, spec: NetworkSpec) -> None:
-        """Hook for the overlay: the bridge driver adds nothing."""
+        """Make what the network has beside the bridge (idempotent)."""
+
+    def _remove_extra(self, links: Links, record: NetworkRecord) -> None:
+        """Remove what :meth:`_make_extra` made; fine if it is gone."""
+
+    def _extra_problems(self, record: NetworkRecord) -> list[str]:
+        """What is missing on the host beside the bridge (for :meth:`status`)."""
+        return []
+
+    def _extra_inspect(self, record: NetworkRecord) -> dict[str, object]:
+        """What ``nova net inspect`` shows beside the bridge."""
+        return {}
 
     def _destroy(self, ledger: Ledger, links: Links, record: NetworkRecord) -> None:
+        self._remove_extra(links, record)
         self.dns_service(record).stop()
         for lease in record.leases.values():
             self._remove_lease_links(links, lease)
         for uplink in record.interfaces:
             links.release(uplink)
-        if record.vxlan:
-            links.delete(str(record.vxlan["device"]))
         links.delete(record.bridge)
         ledger.remove(record.project, record.name)
         self._sync_host(ledger)
@@ -285,6 +296,7 @@ class BridgeDriver(NetworkDriver):
             problems.append("its nftables rules are out of date")
         if DnsService.wanted(record) and self.dns_service(record).supervisor_pid() is None:
             problems.append("dnsmasq is not running")
+        problems += self._extra_problems(record)
         data = {"bridge": record.bridge, "subnet": record.subnet or "",
                 "gateway": record.gateway or ""}
         if record.subnet6:
@@ -333,8 +345,7 @@ class BridgeDriver(NetworkDriver):
             "leases": {k: {"ip": v.ip, "ip6": v.ip6, "mac": v.mac, "link": v.link,
                            "ports_published": v.published} for k, v in record.leases.items()},
         }
-        if record.vxlan:
-            info["vxlan"] = record.vxlan
+        info.update(self._extra_inspect(record))
         return info
 
     # -- instances -----------------------------------------------------------------------
@@ -521,6 +532,13 @@ class VxlanDriver(BridgeDriver):
                         "peers": list(options.peers),  # type: ignore[attr-defined]
                         "local": options.local}  # type: ignore[attr-defined]
         return record
+
+    def _remove_extra(self, links: Links, record: NetworkRecord) -> None:
+        if record.vxlan:
+            links.delete(str(record.vxlan["device"]))
+
+    def _extra_inspect(self, record: NetworkRecord) -> dict[str, object]:
+        return {"vxlan": record.vxlan} if record.vxlan else {}
 
     def _make_extra(self, links: Links, record: NetworkRecord, spec: NetworkSpec) -> None:
         assert record.vxlan is not None

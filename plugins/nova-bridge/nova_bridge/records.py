@@ -68,6 +68,7 @@ class NetworkRecord:
     mtu: int | None = None
     interfaces: list[str] = field(default_factory=list)
     vxlan: dict[str, object] | None = None
+    overlay: dict[str, object] | None = None  # nova-quic's endpoint settings
     leases: dict[str, Lease] = field(default_factory=dict)
 
     @property

@@ -23,21 +23,24 @@ def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def host_snapshot() -> dict[str, object]:
-    """Links, named namespaces, the nft ruleset (without counters) and dnsmasq processes."""
+    """Links, named namespaces, the nft ruleset (without counters), dnsmasq processes and
+    the supervising loops of nova_bridge.supervise (dnsmasq's, nova-quic's endpoints)."""
     links = sorted(Path("/sys/class/net").iterdir())
     namespaces = sorted(p.name for p in netns.NETNS_DIR.iterdir()) if netns.NETNS_DIR.is_dir() else []
     ruleset = _run("nft", "-s", "list", "ruleset").stdout
-    dnsmasq = []
+    dnsmasq, supervised = [], []
     for pid in os.listdir("/proc"):
         if pid.isdigit():
             try:
-                argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0]
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if os.path.basename(argv0) == b"dnsmasq":
+            if os.path.basename(argv[0]) == b"dnsmasq":
                 dnsmasq.append(int(pid))
+            elif argv[0] == b"sh" and len(argv) > 3 and argv[3].startswith(b"nova-"):
+                supervised.append(int(pid))
     return {"links": [p.name for p in links], "netns": namespaces, "nft": ruleset,
-            "dnsmasq": sorted(dnsmasq)}
+            "dnsmasq": sorted(dnsmasq), "supervised": sorted(supervised)}
 
 
 @contextmanager

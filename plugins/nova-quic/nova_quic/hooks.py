@@ -1,13 +1,22 @@
-"""nova-quic's hooks: host checks for ``nova doctor``."""
+"""nova-quic's hooks: ``nova overlay``, and host checks for ``nova doctor``."""
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from nova_core.hookspecs import hookimpl
 from nova_core.hooktypes import CheckResult
 
 CATEGORY = "nova-quic"
+
+
+@hookimpl
+def nova_cli_commands() -> list[Any]:
+    """``nova overlay``."""
+    from nova_quic.cli import overlay_group
+
+    return [overlay_group]
 
 
 @hookimpl

@@ -17,4 +17,4 @@ def test_registered_as_a_plugin(run_nova) -> None:
 
     dists = {d["name"]: d for d in json.loads(run_nova("plugins", "ls", "--json",
                                                        check=True).stdout)}
-    assert dists["nova-quic"]["hooks"] == ["nova_doctor_checks"]
+    assert dists["nova-quic"]["hooks"] == ["nova_cli_commands", "nova_doctor_checks"]

@@ -1,0 +1,157 @@
+"""Simulated hosts for overlay tests and benchmarks.
+
+:func:`underlay` makes N network namespaces standing in for machines, each with an
+``eth0`` joined by a veth pair to a bridge in one more namespace (the switch), so
+the hosts reach each other on ``PREFIX.1``, ``PREFIX.2``, ... and nothing else.
+:class:`Site` is one host's Nova: its own NOVA_HOME (with local/busybox imported),
+a project folder, and the real ``nova`` CLI run inside the host's namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from nova_core.hostinfo import netns
+
+LOOP = "trap 'exit 0' TERM; while true; do sleep 1; done"
+
+
+def _ip(*argv: str) -> None:
+    subprocess.run(["ip", *argv], check=True, capture_output=True, text=True)
+
+
+@dataclass
+class Host:
+    """One simulated machine: a namespace and its underlay address."""
+
+    name: str
+    address: str
+
+    @property
+    def path(self) -> Path:
+        """The namespace's path."""
+        return netns.NETNS_DIR / self.name
+
+    def run(self, *argv: str, check: bool = False, timeout: float = 30,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """A command in the host's network namespace."""
+        return subprocess.run(["nsenter", f"--net={self.path}", *argv], capture_output=True,
+                              text=True, check=check, timeout=timeout, env=env,
+                              stdin=subprocess.DEVNULL)
+
+
+@contextmanager
+def underlay(tag: str, count: int, prefix: str, mtu: int = 1500) -> Iterator[list[Host]]:
+    """``count`` hosts ``{tag}h0..`` on a switch ``{tag}sw`` (addresses ``prefix.1..``)."""
+    switch = netns.NETNS_DIR / f"{tag}sw"
+    hosts = [Host(f"{tag}h{i}", f"{prefix}.{i + 1}") for i in range(count)]
+    made: list[Path] = []
+    try:
+        made.append(netns.create(switch))
+        _ip("-n", switch.name, "link", "add", "sw", "mtu", str(mtu), "type", "bridge")
+        _ip("-n", switch.name, "link", "set", "sw", "up")
+        for index, host in enumerate(hosts):
+            made.append(netns.create(host.path))
+            _ip("link", "add", "eth0", "mtu", str(mtu), "netns", host.name, "type", "veth",
+                "peer", "name", f"p{index}", "mtu", str(mtu), "netns", switch.name)
+            _ip("-n", switch.name, "link", "set", f"p{index}", "master", "sw", "up")
+            _ip("-n", host.name, "addr", "add", f"{host.address}/24", "dev", "eth0")
+            _ip("-n", host.name, "link", "set", "eth0", "up")
+            _ip("-n", host.name, "link", "set", "lo", "up")
+        yield hosts
+    finally:
+        for path in reversed(made):
+            netns.delete(path)
+
+
+class Site:
+    """One host's Nova: NOVA_HOME, a project folder, the CLI inside the host."""
+
+    def __init__(self, host: Host, root: Path, busybox: Path) -> None:
+        self.host = host
+        self.home = root / f"{host.name}-home"
+        self.folder = root / f"{host.name}-site"
+        self.home.mkdir(parents=True)
+        self.folder.mkdir(parents=True)
+        (self.home / "config.toml").write_text('[images]\ndefault_registry = "127.0.0.1:9"\n')
+        self.nova("image", "import", str(busybox), "local/busybox", check=True)
+
+    def nova(self, *args: str, check: bool = False,
+             timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """``nova ARGS`` in the project folder, inside the host's namespace."""
+        done = subprocess.run(["nsenter", f"--net={self.host.path}", sys.executable, "-m",
+                               "nova_core.cli.main", *args], cwd=self.folder,
+                              env=dict(os.environ, NOVA_HOME=str(self.home)),
+                              capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+        if check:
+            assert done.returncode == 0, f"nova {' '.join(args)}: {done.stdout}{done.stderr}"
+        return done
+
+    def novafile(self, project: str, network: str, capsules: list[str]) -> None:
+        """A NovaFile: ``network`` (the whole [network.NAME] table) and sleeping capsules."""
+        name = network.split("]", 1)[0].split(".", 1)[1]
+        parts = [f'project = "{project}"', network]
+        for capsule in capsules:
+            parts.append(f'[container.{capsule}]\ncapsule = "local/busybox:latest"\n'
+                         f'network = "{name}"\ncommand = ["sh", "-c", "{LOOP}"]\n'
+                         "stop_timeout = 1")
+        (self.folder / "NovaFile").write_text("\n".join(parts) + "\n")
+
+    def inspect(self, network: str) -> dict[str, object]:
+        """``nova net inspect NETWORK --json``."""
+        return json.loads(self.nova("net", "inspect", network, "--json", check=True).stdout)
+
+    def connected(self, network: str) -> set[str]:
+        """Names of the peers the endpoint is connected to."""
+        host = self.inspect(network)["host"]
+        return {p["name"] for p in host.get("peers", [])  # type: ignore[union-attr]
+                if p["state"] == "connected"}
+
+    def wait_connected(self, network: str, names: set[str], timeout: float = 20) -> None:
+        """Wait until exactly ``names`` are connected."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.connected(network)
+            if found == names:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.host.name}: connected {sorted(found)}, "
+                                     f"wanted {sorted(names)}: {self.inspect(network)['host']}")
+            time.sleep(0.2)
+
+    def capsule_netns(self, network: str, capsule: str) -> tuple[str, str]:
+        """(namespace path, address) of ``capsule`` on ``network``."""
+        for item in self.inspect(network)["attached"]:  # type: ignore[union-attr]
+            if item["instance"] == f"container.{capsule}":
+                return item["netns"], item["ip"]
+        raise AssertionError(f"{capsule} is not attached to {network}")
+
+    def exec(self, capsule: str, script: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        """``sh -c SCRIPT`` inside a capsule."""
+        return self.nova("exec", "container", capsule, "--", "sh", "-c", script,
+                         timeout=timeout)
+
+
+def endpoint_processes(home: Path) -> list[int]:
+    """PIDs of overlay endpoints (and their loops) of NOVA_HOME ``home``."""
+    found = []
+    marker = str(home).encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"nova_quic.endpoint" in cmdline and marker in cmdline:
+            found.append(int(entry))
+    return found

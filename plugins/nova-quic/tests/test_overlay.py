@@ -1,0 +1,217 @@
+"""The quic overlay end to end: simulated hosts (network namespaces on a veth switch),
+each with its own NOVA_HOME, real nova CLI, crun capsules, dnsmasq and an overlay
+endpoint. Nothing leaves the namespaces the tests make; every test leaves the host's
+links, namespaces, nft ruleset and processes as it found them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from nova_bridge.testing import host_unchanged
+from nova_capsule.testing import busybox_layer
+from nova_quic.testing import Site, endpoint_processes, underlay
+
+NETWORK = """[network.mesh]
+type = "overlay"
+driver = "quic"
+subnet = "10.254.10.0/24"
+dns = true
+listen = "{listen}:4433"
+"""
+
+
+@pytest.fixture(autouse=True)
+def _host_unchanged() -> Iterator[None]:
+    with host_unchanged():
+        yield
+
+
+@pytest.fixture
+def busybox(tmp_path: Path) -> Path:
+    path = tmp_path / "busybox.tar.gz"
+    path.write_bytes(busybox_layer())
+    return path
+
+
+def _no_leftovers(sites: list[Site]) -> None:
+    """After nova down: no endpoint, no TAP, no bridge in any host."""
+    for site in sites:
+        assert endpoint_processes(site.home) == []
+        names = [line.split(": ")[1].split("@")[0]
+                 for line in site.host.run("ip", "-o", "link").stdout.splitlines()]
+        assert names == ["lo", "eth0"], names
+
+
+def _down(sites: list[Site]) -> None:
+    for site in sites:
+        site.nova("down")
+
+
+def test_three_hosts_share_one_encrypted_network(tmp_path: Path, busybox: Path) -> None:
+    with underlay("ovl3", 3, "198.18.80") as hosts:
+        sites = [Site(host, tmp_path, busybox) for host in hosts]
+        alpha, beta, gamma = sites
+        try:
+            alpha.nova("overlay", "ca", "init", "mesh", "--host", "alpha",
+                       "--peer", f"{alpha.host.address}:4433", check=True)
+            for site, name in ((beta, "beta"), (gamma, "gamma")):
+                bundle = tmp_path / f"{name}.bundle"
+                alpha.nova("overlay", "issue", "mesh", name, "-o", str(bundle), check=True)
+                assert bundle.stat().st_mode & 0o777 == 0o600
+                joined = site.nova("overlay", "join", str(bundle), check=True)
+                assert f"as '{name}'" in joined.stdout
+                key = site.home / "overlay" / "mesh" / "host.key"
+                assert key.stat().st_mode & 0o777 == 0o600
+                assert "PRIVATE KEY" not in joined.stdout + joined.stderr
+            for index, site in enumerate(sites):
+                site.novafile(f"site{index}", NETWORK.format(listen=site.host.address),
+                              [f"c{index}"])
+                site.nova("up", check=True)
+            # gamma knows only alpha (from its bundle): it learns beta from alpha.
+            alpha.wait_connected("mesh", {"beta", "gamma"})
+            beta.wait_connected("mesh", {"alpha", "gamma"})
+            gamma.wait_connected("mesh", {"alpha", "beta"})
+            info = alpha.inspect("mesh")
+            assert info["host"]["overlay_mtu"] == 1400
+            # host i: gateway .i, instances from the i-th sixteenth of the subnet
+            assert alpha.capsule_netns("mesh", "c0")[1] == "10.254.10.16"
+            assert gamma.capsule_netns("mesh", "c2")[1] == "10.254.10.48"
+
+            # by name, across hosts, through each host's own dnsmasq
+            for target in ("c1", "c2", "c2.site2.nova"):
+                done = alpha.exec("c0", f"ping -c1 -W3 {target}")
+                assert done.returncode == 0, done.stdout + done.stderr
+            done = gamma.exec("c2", "ping -c1 -W3 c1")
+            assert done.returncode == 0, done.stdout + done.stderr
+
+            # the underlay carries no plaintext
+            marker = "NOVA-PLAINTEXT-" + os.urandom(8).hex()
+            capture = tmp_path / "underlay.pcap"
+            dump = subprocess.Popen(["nsenter", f"--net={alpha.host.path}", "tcpdump", "-i",
+                                     "eth0", "-U", "-n", "-w", str(capture), "udp"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            listener = None
+            try:
+                time.sleep(1.0)  # tcpdump is listening
+                listener = subprocess.Popen(
+                    ["nsenter", f"--net={beta.host.path}", "env", f"NOVA_HOME={beta.home}",
+                     *_nova_argv(), "exec", "container", "c1", "--", "sh", "-c",
+                     "nc -l -p 7000"], cwd=beta.folder, stdout=subprocess.PIPE, text=True)
+                time.sleep(1.5)
+                sent = alpha.exec("c0", f"for i in 1 2 3; do echo {marker}; done | nc c1 7000")
+                assert sent.returncode == 0, sent.stdout + sent.stderr
+                received, _ = listener.communicate(timeout=10)
+                assert marker in received
+                time.sleep(0.5)
+            finally:
+                if listener is not None and listener.poll() is None:
+                    listener.kill()
+                    listener.wait()
+                dump.send_signal(signal.SIGINT)
+                dump.communicate(timeout=10)
+            packets = subprocess.run(["tcpdump", "-r", str(capture), "-n", "udp port 4433"],
+                                     capture_output=True, text=True).stdout.splitlines()
+            assert len(packets) > 6  # the marker's TCP exchange crossed here, encrypted
+            assert marker.encode() not in capture.read_bytes()
+
+            # one endpoint dies: its supervisor restarts it, the others are not touched
+            before = {p["name"]: p["since"] for p in alpha.inspect("mesh")["host"]["peers"]}
+            victim = int(gamma.inspect("mesh")["host"]["overlay_endpoint_pid"])
+            os.kill(victim, signal.SIGKILL)
+            deadline = time.monotonic() + 25
+            while True:
+                done = alpha.exec("c0", "ping -c1 -W1 c2")
+                if done.returncode == 0:
+                    break
+                assert time.monotonic() < deadline, "c2 unreachable after its endpoint restarted"
+            restarted = gamma.inspect("mesh")["host"]["overlay_endpoint_pid"]
+            assert restarted and restarted != victim
+            after = {p["name"]: p["since"] for p in alpha.inspect("mesh")["host"]["peers"]}
+            assert after["beta"] == before["beta"]  # alpha-beta kept its connection
+            assert after["gamma"] != before["gamma"]
+
+            # nova down on gamma: alpha and beta stay connected, gamma's names go
+            gamma.nova("down", check=True)
+            alpha.wait_connected("mesh", {"beta"})
+            beta.wait_connected("mesh", {"alpha"})
+            done = alpha.exec("c0", "ping -c1 -W3 c1")
+            assert done.returncode == 0, done.stdout + done.stderr
+            gone = alpha.exec("c0", "nslookup c2 10.254.10.1")
+            assert "10.254.10.48" not in gone.stdout
+            _down([alpha, beta])
+            _no_leftovers(sites)
+        finally:
+            _down(sites)
+
+
+def _nova_argv() -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "nova_core.cli.main"]
+
+
+def test_foreign_revoked_and_missing_credentials_are_refused(tmp_path: Path,
+                                                             busybox: Path) -> None:
+    with underlay("ovlr", 3, "198.18.81") as hosts:
+        sites = [Site(host, tmp_path, busybox) for host in hosts]
+        alpha, beta, rogue = sites
+        try:
+            alpha.novafile("ra", NETWORK.format(listen=alpha.host.address), ["c0"])
+            refused = alpha.nova("up")
+            assert refused.returncode == 1
+            assert "this host has no credentials for overlay network mesh" in refused.stderr
+            assert "nova overlay ca init mesh" in refused.stderr
+            assert "Traceback" not in refused.stderr
+            assert alpha.nova("ls", "--json").stdout.strip() == "[]"
+
+            alpha.nova("overlay", "ca", "init", "mesh", "--host", "alpha",
+                       "--peer", f"{alpha.host.address}:4433", check=True)
+            bundle = tmp_path / "beta.bundle"
+            alpha.nova("overlay", "issue", "mesh", "beta", "-o", str(bundle), check=True)
+            beta.nova("overlay", "join", str(bundle), check=True)
+            # same network name, its own CA: not a member
+            rogue.nova("overlay", "ca", "init", "mesh", "--host", "rogue", check=True)
+            beta.novafile("rb", NETWORK.format(listen=beta.host.address), ["c1"])
+            rogue.novafile("rr", NETWORK.format(listen=rogue.host.address)
+                           + f'peers = ["{alpha.host.address}:4433"]\n', ["c2"])
+            for site in sites:
+                site.nova("up", check=True)
+            alpha.wait_connected("mesh", {"beta"})
+            deadline = time.monotonic() + 15
+            while True:
+                host = alpha.inspect("mesh")["host"]
+                reasons = [r["reason"] for r in host["refused"]]
+                if any("not from this network's CA" in r for r in reasons):
+                    break
+                assert time.monotonic() < deadline, (
+                    host["refused"], host["peers"], Path(str(host["overlay_log"])).read_text(),
+                    Path(str(rogue.inspect("mesh")["host"]["overlay_log"])).read_text())
+                time.sleep(0.2)
+            assert rogue.connected("mesh") == set()
+            states = {p["addr"]: p["state"] for p in rogue.inspect("mesh")["host"]["peers"]}
+            assert states == {f"{alpha.host.address}:4433": "refused"}
+            log = (alpha.inspect("mesh")["host"]["overlay_log"])
+            assert "refused" in Path(log).read_text()
+            blocked = rogue.exec("c2", "ping -c1 -W1 10.254.10.32")  # beta's c1
+            assert blocked.returncode != 0
+
+            # revocation: the CA's host drops beta at once, beta cannot come back
+            revoked = alpha.nova("overlay", "revoke", "mesh", "beta", check=True)
+            assert "revoked 'beta'" in revoked.stdout
+            alpha.wait_connected("mesh", set(), timeout=10)
+            time.sleep(3)  # beta keeps dialing: every attempt is refused
+            assert alpha.connected("mesh") == set()
+            reasons = [r["reason"] for r in alpha.inspect("mesh")["host"]["refused"]]
+            assert any("was revoked" in r for r in reasons), reasons
+            again = alpha.nova("overlay", "issue", "mesh", "beta")
+            assert again.returncode == 1 and "was revoked" in again.stderr
+            _down(sites)
+            _no_leftovers(sites)
+        finally:
+            _down(sites)
