@@ -69,8 +69,9 @@ LOG = logging.getLogger("nova-quic")
 ALPN = "nova-overlay/1"
 CID_LENGTH = 8
 # What a frame costs beyond its own bytes in one UDP payload: QUIC short header
-# (1 + CID + packet number <= 4), AEAD tag 16, DATAGRAM frame type and length <= 5.
-QUIC_OVERHEAD = 1 + CID_LENGTH + 4 + 16 + 5
+# (1 + CID + packet number 4), AEAD tag 16, DATAGRAM frame type and length <= 5 (or
+# type, kind and virtio-net header: 12 on the fast path).
+QUIC_OVERHEAD = 1 + CID_LENGTH + 4 + 16 + 12
 ETHERNET = 14
 PING_EVERY = 2.0
 IDLE_TIMEOUT = 10.0
@@ -78,20 +79,43 @@ HANDSHAKE_TIMEOUT = 3.0
 BACKOFF = (0.5, 15.0)
 QUEUE = 512  # datagrams waiting per peer before new ones are dropped
 BATCH = 64  # reads per readiness event, before flushing
+ACK_DELAY = 0.025  # as aioquic's max_ack_delay
 UDP_SEGMENT, UDP_GRO = 103, 104  # linux/udp.h
 GSO_SEGMENTS, GSO_BYTES = 64, 65000  # kernel limits of one UDP GSO write
 KEY_UPDATE_EVERY = 1 << 22  # packets per 1-RTT key (AES-GCM's limit is 2^23)
 
 TUNSETIFF = 0x400454CA
+TUNSETOFFLOAD = 0x400454D0
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 = 0x01, 0x02, 0x04
+VNET = 10  # struct virtio_net_hdr: flags, gso_type, hdr_len, gso_size, csum_start/offset
+NO_VNET = bytes(VNET)  # a frame needing nothing: checksum complete, no segmentation
+# What the fast path puts after the DATAGRAM frame type (0x30):
+WHOLE, WHOLE_VNET, PIECE = 0, 1, 2  # a frame; virtio-net header + frame; a piece of one
+PIECE_HEADER = 5  # kind, message id (2 bytes), index, count
 
 
-def open_tap(name: str) -> int:
-    """A non-persistent TAP (it goes away with this process), non-blocking."""
+def open_tap(name: str, offload: bool = True) -> tuple[int, bool]:
+    """A non-persistent TAP (it goes away with this process), non-blocking.
+
+    With ``offload`` the TAP takes TCP segmentation and checksum offload (as a
+    virtio-net device does): every frame comes and goes with a 10-byte virtio-net
+    header, and a TCP flow's frames arrive as super-frames of up to 64 KiB that the
+    receiving host's kernel cuts into segments only where it must (if at all).
+    Returns the descriptor and whether offload is on.
+    """
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-    fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI))
-    return fd
+    flags = IFF_TAP | IFF_NO_PI | (IFF_VNET_HDR if offload else 0)
+    fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), flags))
+    if offload:
+        try:
+            fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
+        except OSError:
+            os.close(fd)
+            return open_tap(name, offload=False)
+    return fd, offload
 
 
 def parse_addr(text: str, default_port: int = 4433) -> tuple[str, int]:
@@ -140,6 +164,8 @@ class Link:
     fast: bool = False  # the peer takes DATAGRAM-only packets we seal ourselves
     sealed: int = 0  # packets sealed under the current 1-RTT key
     out: list[bytes] = field(default_factory=list)  # sealed packets waiting to be sent
+    pieces: list[bytes] = field(default_factory=list)  # of the super-frame coming in
+    piece_id: bytes = b""
     inbox: bytes = b""
     stream: int | None = None
     timer: asyncio.TimerHandle | None = None
@@ -181,6 +207,8 @@ class Endpoint:
         self.state_dir = Path(str(config["state_dir"]))
         self.mtu = int(config["mtu"])  # type: ignore[call-overload]
         self.max_frame = self.mtu + ETHERNET + 4  # a VLAN tag fits
+        self.piece = self.max_frame + VNET + 1 - PIECE_HEADER  # bytes of a message per piece
+        self.message_id = 0
         self.hosts_dir = Path(str(config["hosts_dir"])) if config.get("hosts_dir") else None
         self.dnsmasq_conf = str(config.get("dnsmasq_conf") or "")
         self.listen = parse_addr(str(config["listen"]))
@@ -199,10 +227,14 @@ class Endpoint:
         self.stopping = False
         self.fast_path = bool(config.get("fast_path", True))
         self.gso = True  # until the kernel refuses UDP_SEGMENT
+        self.vnet = False  # the TAP's frames carry virtio-net headers (offload)
         self.tap_fd = -1
         self.sock: socket.socket | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._dirty: set[Link] = set()  # type: ignore[misc]
+        self._dirty: set[Link] = set()  # type: ignore[misc]  # aioquic has work
+        self._sealed: set[Link] = set()  # type: ignore[misc]  # fast-path packets to send
+        self._acking: set[Link] = set()  # type: ignore[misc]  # fast-path packets to acknowledge
+        self._ack_round: asyncio.TimerHandle | None = None
         for addr in [*self.identity.peers, *(str(p) for p in config.get("peers", []))]:  # type: ignore[attr-defined]
             self.targets.setdefault(addr, Target(addr, configured=True))
         for addr in self._load_learned():
@@ -221,7 +253,7 @@ class Endpoint:
     def open(self) -> None:
         """The TAP on the bridge, and the UDP socket."""
         tap, bridge = str(self.config["tap"]), str(self.config["bridge"])
-        self.tap_fd = open_tap(tap)
+        self.tap_fd, self.vnet = open_tap(tap, offload=self.fast_path)
         subprocess.run(["ip", "link", "set", tap, "mtu", str(self.mtu), "master", bridge, "up"],
                        check=True, capture_output=True)
         family = socket.AF_INET6 if ":" in self.listen[0] else socket.AF_INET
@@ -241,23 +273,23 @@ class Endpoint:
     def on_tap(self) -> None:
         """Frames from the bridge: to the peer behind the destination MAC, else to all."""
         peers = self.peers
+        skip = VNET if self.vnet else 0
         for _ in range(BATCH):
             try:
-                frame = os.read(self.tap_fd, 65536)
+                data = os.read(self.tap_fd, 65536 + VNET)
             except BlockingIOError:
                 break
-            self.local_macs.add(frame[6:12])
-            if len(frame) > self.max_frame:
-                for link in peers.values():
-                    link.drops += 1
-                continue
-            link = None if frame[0] & 1 else self.macs.get(frame[:6])
+            self.local_macs.add(data[skip + 6:skip + 12])
+            link = None if data[skip] & 1 else self.macs.get(data[skip:skip + 6])
             for target in (link,) if link is not None else tuple(peers.values()):
                 target.tx_packets += 1
-                target.tx_bytes += len(frame)
+                target.tx_bytes += len(data) - skip
                 if target.fast:
-                    target.out.append(self._seal(target, frame))
-                    self._dirty.add(target)
+                    self._seal_message(target, data)
+                    continue
+                frame = data[skip:]
+                if len(frame) > self.max_frame or (skip and data[:2] != b"\0\0"):
+                    target.drops += 1  # offloaded frames go to fast-path peers only
                     continue
                 quic = target.quic
                 if len(quic._datagrams_pending) >= QUEUE:
@@ -267,8 +299,26 @@ class Endpoint:
                 self._dirty.add(target)
         self._flush_dirty()
 
+    def _seal_message(self, link: Link, data: bytes) -> None:
+        """One read from the TAP as sealed packets: whole, or in pieces of equal size
+        (a super-frame), which one UDP GSO write then sends together."""
+        out = link.out
+        if not self.vnet:
+            out.append(self._seal(link, b"\x30\x00" + data))
+        elif len(data) <= self.max_frame + VNET:
+            out.append(self._seal(link, b"\x30\x01" + data))
+        else:
+            self.message_id = (self.message_id + 1) & 0xFFFF
+            size = self.piece
+            count = -(-len(data) // size)
+            head = b"\x30\x02" + self.message_id.to_bytes(2, "big")
+            for index in range(count):
+                out.append(self._seal(link, head + bytes((index, count))
+                                      + data[index * size:(index + 1) * size]))
+        self._sealed.add(link)
+
     def _seal(self, link: Link, frame: bytes) -> bytes:
-        """``frame`` as a 1-RTT packet holding one DATAGRAM frame, sealed with the
+        """``frame`` (a DATAGRAM frame, type byte included) as a 1-RTT packet, sealed with the
         connection's own keys and packet numbers (the fast path).
 
         aioquic's packet builder costs more per packet than the encryption itself;
@@ -289,7 +339,7 @@ class Endpoint:
             link.sealed = 0
         header = bytes((0x43 | pair.key_phase << 2,)) + quic._peer_cid.cid + \
             (number & 0xFFFFFFFF).to_bytes(4, "big")
-        return pair.encrypt_packet(header, b"\x30" + frame, number)
+        return pair.encrypt_packet(header, frame, number)
 
     def _open(self, link: Link, data: bytes, now: float) -> bool:
         """Deliver a DATAGRAM-only 1-RTT packet to the TAP without aioquic's receive
@@ -315,15 +365,52 @@ class Endpoint:
             space.ack_queue.shift()
         if space.ack_at is None:
             space.ack_at = now + quic._ack_delay
-        frame = payload[1:]
-        self.macs[frame[6:12]] = link
+        kind = payload[1]
+        if kind == WHOLE_VNET:
+            message = payload[2:]
+        elif kind == PIECE:
+            message = self._reassemble(link, payload)
+            if message is None:
+                return True
+        elif kind == WHOLE:
+            message = NO_VNET + payload[2:]
+        else:
+            link.drops += 1
+            return True
+        self.macs[message[VNET + 6:VNET + 12]] = link
         link.rx_packets += 1
-        link.rx_bytes += len(frame)
+        link.rx_bytes += len(message) - VNET
+        if not self.vnet:
+            if message[:2] != b"\0\0":  # needs offload this TAP does not have
+                link.drops += 1
+                return True
+            message = message[VNET:]
         try:
-            os.write(self.tap_fd, frame)
+            os.write(self.tap_fd, message)
         except OSError:
             link.drops += 1
         return True
+
+    def _reassemble(self, link: Link, payload: bytes) -> bytes | None:
+        """Collect the pieces of a super-frame (they come in order on one path); a gap
+        drops the message (the TCP flow inside resends), never a later one."""
+        message_id = payload[2:4]
+        index, count = payload[4], payload[5]
+        if index == 0:
+            link.pieces = [payload[6:]]
+            link.piece_id = message_id
+        elif message_id == link.piece_id and index == len(link.pieces):
+            link.pieces.append(payload[6:])
+        else:
+            if link.pieces:
+                link.drops += 1
+            link.pieces = []
+            return None
+        if len(link.pieces) < count:
+            return None
+        message = b"".join(link.pieces)
+        link.pieces = []
+        return message
 
     def on_socket(self) -> None:
         """Datagrams from the underlay, to their connection (by connection id)."""
@@ -349,10 +436,22 @@ class Endpoint:
                 continue
             for offset in range(0, len(buffer), segment):
                 self._datagram(buffer[offset:offset + segment], addr, now, opened)
-        for link in opened:
+        for link in opened:  # aioquic's part: the idle timer, and an ACK within 25 ms
             link.quic._close_at = now + link.quic._idle_timeout()
-            self._dirty.add(link)
+            if link not in self._dirty and link not in self._acking:
+                self._acking.add(link)  # one timer for all: get_timer per packet costs
+                if self._ack_round is None:
+                    assert self.loop is not None
+                    self._ack_round = self.loop.call_later(ACK_DELAY, self._send_acks)
         self._flush_dirty()
+
+    def _send_acks(self) -> None:
+        """Let aioquic acknowledge what the fast path received (and re-arm its timers)."""
+        self._ack_round = None
+        acking, self._acking = self._acking, set()
+        for link in acking:
+            if link.cids:
+                self._flush(link)
 
     def _datagram(self, data: bytes, addr: tuple[str, int], now: float,
                   opened: set[Link]) -> None:
@@ -382,6 +481,12 @@ class Endpoint:
         self._dirty.add(link)
 
     def _flush_dirty(self) -> None:
+        """Send what is waiting: sealed packets as they are, aioquic's only for links
+        aioquic had work on (its datagrams_to_send costs more than a whole fast packet)."""
+        sealed, self._sealed = self._sealed, set()
+        for link in sealed:
+            if link.out and link not in self._dirty:
+                self._send_sealed(link, link.quic._network_paths[0].addr)
         dirty, self._dirty = self._dirty, set()
         for link in dirty:
             self._flush(link)
@@ -396,6 +501,11 @@ class Endpoint:
                 sock.sendto(data, addr)
             except (BlockingIOError, OSError):
                 link.drops += 1
+        self._schedule(link)
+
+    def _schedule(self, link: Link) -> None:
+        """Arm the link's timer for aioquic's next deadline (ACK, loss, idle)."""
+        assert self.loop is not None
         at = link.quic.get_timer()
         if at != link.timer_at:
             if link.timer is not None:
@@ -505,7 +615,7 @@ class Endpoint:
                     link.rx_packets += 1
                     link.rx_bytes += len(frame)
                     try:
-                        os.write(self.tap_fd, frame)
+                        os.write(self.tap_fd, NO_VNET + frame if self.vnet else frame)
                     except OSError:
                         link.drops += 1
                 else:
