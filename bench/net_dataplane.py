@@ -50,13 +50,15 @@ def in_ns(path: str, *argv: str, check: bool = True) -> subprocess.CompletedProc
     return sh("nsenter", f"--net={path}", *argv, check=check)
 
 
-def iperf(server_ns: str, client_ns: str, server_ip: str, seconds: float) -> float:
-    """TCP throughput (Gbit/s) from client to server."""
+def iperf(server_ns: str, client_ns: str, server_ip: str, seconds: float,
+          streams: int = 1) -> float:
+    """TCP throughput (Gbit/s received) of ``streams`` parallel streams, client to server."""
     server = subprocess.Popen(["nsenter", f"--net={server_ns}", "iperf3", "-s", "-B", server_ip],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(50):
-            done = in_ns(client_ns, "iperf3", "-c", server_ip, "-t", str(seconds), "-J", check=False)
+            done = in_ns(client_ns, "iperf3", "-c", server_ip, "-t", str(seconds), "-P", str(streams),
+                         "-J", check=False)
             try:
                 return json.loads(done.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
             except (ValueError, KeyError):

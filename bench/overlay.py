@@ -33,9 +33,9 @@ from contextlib import ExitStack
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from net_dataplane import iperf  # noqa: E402
 from nova_quic.testing import Site, underlay  # noqa: E402
 from overlay_peers import (  # noqa: E402
-    iperf_streams,
     openvpn_overlay,
     ping_median,
     tinc_overlay,
@@ -134,8 +134,8 @@ def main() -> int:
         for _ in range(args.rounds):
             for name, (hosts, paths, server) in setups.items():
                 before = underlay_fragments(hosts)
-                rows[name]["1"].append(iperf_streams(paths[1], paths[0], server, args.seconds, 1))
-                rows[name]["4"].append(iperf_streams(paths[1], paths[0], server, args.seconds, 4))
+                rows[name]["1"].append(iperf(paths[1], paths[0], server, args.seconds, 1))
+                rows[name]["4"].append(iperf(paths[1], paths[0], server, args.seconds, 4))
                 rows[name]["ping"].append(ping_median(paths[0], server))
                 rows[name]["frags"].append(underlay_fragments(hosts) - before)
     med = {n: {k: statistics.median(v) for k, v in r.items()} for n, r in rows.items()}

@@ -26,7 +26,6 @@ daemons bind to and connect to the underlay addresses only, no packet leaves the
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -40,7 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from net_dataplane import in_ns, sh  # noqa: E402
+from net_dataplane import in_ns, iperf, sh  # noqa: E402
 
 UNDERLAY_MTU = 1500
 IPV4_UDP = 20 + 8
@@ -338,25 +337,6 @@ def openvpn_cipher(workdir: Path) -> str:
 
 
 # -- measurements ----------------------------------------------------------------------------
-def iperf_streams(server_ns: str, client_ns: str, server_ip: str, seconds: float, streams: int) -> float:
-    """TCP throughput (Gbit/s received) of ``streams`` parallel iperf3 streams, client to server."""
-    server = subprocess.Popen(["nsenter", f"--net={server_ns}", "iperf3", "-s", "-B", server_ip],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        done = None
-        for _ in range(50):
-            done = in_ns(client_ns, "iperf3", "-c", server_ip, "-t", str(seconds), "-P", str(streams),
-                         "-J", check=False)
-            try:
-                return json.loads(done.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
-            except (ValueError, KeyError):
-                time.sleep(0.1)  # the server is still starting
-        raise RuntimeError(f"iperf3 to {server_ip} failed: {done.stdout[-300:] if done else ''}")
-    finally:
-        server.kill()
-        server.wait()
-
-
 def _ping_command() -> list[str]:
     """iputils ping if installed, else busybox's."""
     found = shutil.which("ping")
@@ -389,8 +369,8 @@ def measure(hosts: list[str], paths: list[str], server_ip: str, seconds: float) 
     """1 and 4 stream throughput and ping median, client 0 -> client 1."""
     before = underlay_fragments(hosts)
     result = {
-        "1 stream": iperf_streams(paths[1], paths[0], server_ip, seconds, 1),
-        "4 streams": iperf_streams(paths[1], paths[0], server_ip, seconds, 4),
+        "1 stream": iperf(paths[1], paths[0], server_ip, seconds, 1),
+        "4 streams": iperf(paths[1], paths[0], server_ip, seconds, 4),
         "ping ms": ping_median(paths[0], server_ip),
     }
     result["frags"] = underlay_fragments(hosts) - before

@@ -59,7 +59,8 @@ def test_absent_driver_names_the_package_and_the_alternatives(nova_fake_drivers:
         reg.driver_class(DriverKind.COMPUTE, "cloud-hypervisor")
     assert caught.value.message == ("no compute driver 'cloud-hypervisor'; install nova-qemu "
                                     "(available: capsule, fake, libvirt, qemu)")
-    with pytest.raises(DriverNotFound, match=r"no network driver 'warp' \(available: bridge, fake, vxlan\)"):
+    with pytest.raises(DriverNotFound,
+                       match=r"no network driver 'warp' \(available: bridge, fake, quic, vxlan\)"):
         reg.driver_class(DriverKind.NETWORK, "warp")
 
 

@@ -29,6 +29,23 @@ def alive(pid: int, marker: str) -> bool:
     return marker in cmdline
 
 
+def find_processes(marker: str, program: str | None = None) -> list[int]:
+    """PIDs whose command line holds ``marker`` (and whose argv[0] is ``program``)."""
+    found = []
+    wanted = marker.encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if wanted in cmdline and (program is None or os.path.basename(
+                cmdline.split(b"\0", 1)[0]).decode(errors="replace") == program):
+            found.append(int(entry))
+    return found
+
+
 class Supervised:
     """One supervised daemon: ``argv`` run by the loop, its PID file and log."""
 
@@ -70,7 +87,7 @@ class Supervised:
 
     def strays(self) -> list[int]:
         """Daemons with this marker, whoever started them."""
-        return [int(e) for e in os.listdir("/proc") if e.isdigit() and self._is_daemon(int(e))]
+        return find_processes(self.marker, self.program)
 
     def kill_strays(self) -> None:
         """SIGKILL daemons left by a loop that was killed, and wait until they are gone."""

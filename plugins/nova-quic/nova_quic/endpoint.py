@@ -61,6 +61,7 @@ from aioquic.quic.events import (
 from aioquic.quic.packet import PACKET_TYPE_INITIAL, pull_quic_header
 from aioquic.quic.recovery import MAX_ACK_RANGES
 from aioquic.tls import Epoch
+from nova_bridge.supervise import find_processes
 
 from nova_core.errors import NovaError
 from nova_quic.pki import OverlayStore, PeerRefused, verify_peer
@@ -838,16 +839,11 @@ class Endpoint:
         """dnsmasq adds names from hostsdir by itself but forgets removed ones only on SIGHUP."""
         if not self.dnsmasq_conf:
             return
-        marker = f"--conf-file={self.dnsmasq_conf}".encode()
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
+        for pid in find_processes(f"--conf-file={self.dnsmasq_conf}", "dnsmasq"):
             try:
-                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if marker in cmdline and os.path.basename(cmdline.split(b"\0", 1)[0]) == b"dnsmasq":
-                os.kill(int(entry), signal.SIGHUP)
+                os.kill(pid, signal.SIGHUP)
+            except ProcessLookupError:
+                pass
 
     # -- housekeeping -----------------------------------------------------------------------
     def _reload_crl(self, announce: bool) -> None:

@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from nova_bridge.supervise import find_processes
+
 from nova_core.hostinfo import netns
 
 LOOP = "trap 'exit 0' TERM; while true; do sleep 1; done"
@@ -143,15 +145,4 @@ class Site:
 
 def endpoint_processes(home: Path) -> list[int]:
     """PIDs of overlay endpoints (and their loops) of NOVA_HOME ``home``."""
-    found = []
-    marker = str(home).encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"nova_quic.endpoint" in cmdline and marker in cmdline:
-            found.append(int(entry))
-    return found
+    return [pid for pid in find_processes(str(home)) if pid in find_processes("nova_quic.endpoint")]
