@@ -33,13 +33,15 @@ from contextlib import ExitStack
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from net_dataplane import iperf  # noqa: E402
 from nova_quic.testing import Site, underlay  # noqa: E402
 from overlay_peers import (  # noqa: E402
+    measure,
+    openvpn_cipher,
     openvpn_overlay,
-    ping_median,
+    openvpn_version,
     tinc_overlay,
-    underlay_fragments,
+    tinc_summary,
+    tinc_version,
 )
 
 
@@ -129,29 +131,33 @@ def main() -> int:
                 setups[name] = build()
                 print(f"{name}: up in {time.monotonic() - started:.1f}s", file=sys.stderr)
         time.sleep(3)  # tinc settles its path MTU
-        rows: dict[str, dict[str, list[float]]] = {n: {"1": [], "4": [], "ping": [], "frags": []}
-                                                   for n in setups}
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in setups}
         for _ in range(args.rounds):
             for name, (hosts, paths, server) in setups.items():
-                before = underlay_fragments(hosts)
-                rows[name]["1"].append(iperf(paths[1], paths[0], server, args.seconds, 1))
-                rows[name]["4"].append(iperf(paths[1], paths[0], server, args.seconds, 4))
-                rows[name]["ping"].append(ping_median(paths[0], server))
-                rows[name]["frags"].append(underlay_fragments(hosts) - before)
-    med = {n: {k: statistics.median(v) for k, v in r.items()} for n, r in rows.items()}
+                runs[name].append(measure(hosts, paths, server, args.seconds))
+        notes = []
+        if "tinc" in setups:
+            notes.append(f"tinc: {tinc_version()}, {tinc_summary(tmp / 'obt')}")
+        if "openvpn" in setups:
+            notes.append(f"openvpn: {openvpn_version()}, data cipher "
+                         f"{openvpn_cipher(tmp / 'obo')}")
+    med = {name: {key: statistics.median(run[key] for run in rows) for key in rows[0]}
+           for name, rows in runs.items()}
     print(f"{'overlay':<11} {'1 stream Gbit/s':>16} {'4 streams Gbit/s':>17} {'ping ms':>8} "
           f"{'frags':>6}")
     for name, row in med.items():
-        print(f"{name:<11} {row['1']:16.3f} {row['4']:17.3f} {row['ping']:8.3f} "
-              f"{int(sum(rows[name]['frags'])):6d}")
+        print(f"{name:<11} {row['1 stream']:16.3f} {row['4 streams']:17.3f} {row['ping ms']:8.3f} "
+              f"{int(sum(run['frags'] for run in runs[name])):6d}")
+    for note in notes:
+        print(note)
     if {"tinc", "openvpn", "nova quic"} <= set(med):
-        for streams in ("1", "4"):
+        for streams in ("1 stream", "4 streams"):
             best = max(med["tinc"][streams], med["openvpn"][streams])
             ratio = med["nova quic"][streams] / best
-            print(f"{streams} stream(s): Nova quic {ratio:.2f} of the better of tinc and OpenVPN "
+            print(f"{streams}: Nova quic {ratio:.2f} of the better of tinc and OpenVPN "
                   f"(target >= 1.0: {'met' if ratio >= 1.0 else 'MISSED'})")
     if {"nova vxlan", "nova quic"} <= set(med):
-        added = med["nova quic"]["ping"] - med["nova vxlan"]["ping"]
+        added = med["nova quic"]["ping ms"] - med["nova vxlan"]["ping ms"]
         print(f"added round trip over unencrypted VXLAN: {added:.3f} ms at the median "
               f"(target < 0.5: {'met' if added < 0.5 else 'MISSED'})")
     return 0

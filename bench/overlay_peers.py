@@ -1,5 +1,4 @@
-#!/usr/bin/env python3
-"""Baselines for the encrypted L2 overlay benchmark: tinc (switch mode) and OpenVPN (dev tap).
+"""Baselines for bench/overlay.py: tinc (switch mode) and OpenVPN (dev tap).
 
 What a user would pick instead of Nova's encrypted overlay for an encrypted mesh on a
 kernel without WireGuard or IPsec: a TAP on each host joined to a Linux bridge, and a
@@ -10,13 +9,13 @@ userspace daemon carrying the frames, encrypted, between the hosts.
 * OpenVPN 2.6 point-to-point over UDP, ``dev tap``, TLS with self-signed certificates
   pinned by ``--peer-fingerprint``, data channel cipher negotiated (AES-256-GCM).
 
-Each baseline runs in its own pair of "hosts" (network namespaces joined by a veth
+Each baseline runs in its own pair of "hosts" (network namespaces joined by an
 underlay, MTU 1500). In each host: the daemon, its TAP and a bridge, and one "client"
 namespace on the bridge by a veth pair. iperf3 (1 and 4 TCP streams) and ping run
-between the two client namespaces, so the path is veth, bridge, TAP, daemon, underlay
-and back up on the other host.
+between the two client namespaces (:func:`measure`), so the path is veth, bridge, TAP,
+daemon, underlay and back up on the other host.
 
-    sudo .venv/bin/python bench/overlay_peers.py [--seconds 3]
+    sudo .venv/bin/python bench/overlay.py --only tinc,openvpn
 
 Needs root, tinc, openvpn, openssl and iperf3 (apt-get install tinc openvpn iperf3),
 ping (iputils or busybox). Everything lives in namespaces it makes and removes; the
@@ -25,7 +24,6 @@ daemons bind to and connect to the underlay addresses only, no packet leaves the
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shutil
@@ -33,7 +31,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -59,31 +56,6 @@ TINC_MTU = TINC_FRAME - ETHERNET  # 1437
 # allow-compression no). 1500 - 28 - 24 - 14 = 1434.
 OPENVPN_OVERHEAD = 4 + 4 + 16
 OPENVPN_MTU = UNDERLAY_MTU - IPV4_UDP - OPENVPN_OVERHEAD - ETHERNET  # 1434
-
-
-# -- hosts ------------------------------------------------------------------------------------
-def make_hosts(tag: str, underlay: str) -> tuple[list[str], Callable[[], None]]:
-    """Two namespaces ``{tag}h0``/``{tag}h1`` standing in for hosts, joined by a veth underlay
-    (MTU 1500) with ``{underlay}.1/30`` and ``{underlay}.2/30`` on their eth0."""
-    names = [f"{tag}h0", f"{tag}h1"]
-
-    def cleanup() -> None:
-        for name in names:
-            sh("ip", "netns", "del", name, check=False)
-
-    try:
-        for name in names:
-            sh("ip", "netns", "add", name)
-        sh("ip", "link", "add", "eth0", "mtu", str(UNDERLAY_MTU), "netns", names[0], "type", "veth",
-           "peer", "name", "eth0", "mtu", str(UNDERLAY_MTU), "netns", names[1])
-        for index, name in enumerate(names):
-            sh("ip", "-n", name, "addr", "add", f"{underlay}.{index + 1}/30", "dev", "eth0")
-            sh("ip", "-n", name, "link", "set", "eth0", "up")
-            sh("ip", "-n", name, "link", "set", "lo", "up")
-    except BaseException:
-        cleanup()
-        raise
-    return names, cleanup
 
 
 def _client_name(host: str) -> str:
@@ -129,6 +101,14 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def _kill_pidfile(pidfile: Path) -> None:
+    """SIGKILL the process a daemon's PID file names, if any."""
+    try:
+        os.kill(int(pidfile.read_text().split()[0]), signal.SIGKILL)
+    except (OSError, ValueError, IndexError):
+        pass
 
 
 def _wait_for(what: str, ready: Callable[[], bool], processes: list[subprocess.Popen[bytes]],
@@ -196,12 +176,7 @@ def tinc_overlay(hosts: list[str], underlay: str, subnet: str,
         for process in processes:
             _stop(process)
         for conf in confs:  # belt and braces: a tincd not (or no longer) our child
-            pidfile = conf / "tinc.pid"
-            if pidfile.exists():
-                try:
-                    os.kill(int(pidfile.read_text().split()[0]), signal.SIGKILL)
-                except (ValueError, IndexError, ProcessLookupError):
-                    pass
+            _kill_pidfile(conf / "tinc.pid")
         _remove_bridge_side(hosts)
 
     try:
@@ -288,11 +263,7 @@ def openvpn_overlay(hosts: list[str], underlay: str, subnet: str,
         for process in processes:
             _stop(process)
         for pidfile in pidfiles:
-            if pidfile.exists():
-                try:
-                    os.kill(int(pidfile.read_text().split()[0]), signal.SIGKILL)
-                except (ValueError, IndexError, ProcessLookupError):
-                    pass
+            _kill_pidfile(pidfile)
         _remove_bridge_side(hosts)
 
     try:
@@ -375,59 +346,3 @@ def measure(hosts: list[str], paths: list[str], server_ip: str, seconds: float) 
     }
     result["frags"] = underlay_fragments(hosts) - before
     return result
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=3.0, help="iperf3 run length")
-    args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("run as root", file=sys.stderr)
-        return 1
-    missing = [tool for tool in ("tincd", "openvpn", "iperf3", "openssl") if not shutil.which(tool)]
-    if missing:
-        print(f"needs {', '.join(missing)}: apt-get install tinc openvpn iperf3", file=sys.stderr)
-        return 1
-
-    baselines: list[tuple[str, str, str, str, int, Callable[..., tuple[list[str], str,
-                                                                        Callable[[], None]]]]] = [
-        ("tinc", "ovt", "198.18.72", "10.253.72", TINC_MTU, tinc_overlay),
-        ("openvpn", "ovo", "198.18.73", "10.253.73", OPENVPN_MTU, openvpn_overlay),
-    ]
-    results: dict[str, dict[str, float]] = {}
-    notes: dict[str, str] = {}
-    for name, tag, underlay, subnet, mtu, build in baselines:
-        with tempfile.TemporaryDirectory(prefix=f"nova-{tag}-") as tmp_name:
-            workdir = Path(tmp_name)
-            cleanups: list[Callable[[], None]] = []
-            try:
-                hosts, remove = make_hosts(tag, underlay)
-                cleanups.append(remove)
-                paths, server_ip, remove = build(hosts, underlay, subnet, workdir)
-                cleanups.append(remove)
-                if not _pings(paths[0], server_ip):
-                    raise RuntimeError(f"{name}: no ping through the overlay")
-                results[name] = measure(hosts, paths, server_ip, args.seconds)
-                if name == "tinc":
-                    notes[name] = f"{tinc_version()}, {tinc_summary(workdir)}, inner MTU {mtu}"
-                else:
-                    notes[name] = (f"{openvpn_version()}, data cipher {openvpn_cipher(workdir)}, "
-                                   f"inner MTU {mtu}")
-            finally:
-                for cleanup in reversed(cleanups):
-                    try:
-                        cleanup()
-                    except subprocess.CalledProcessError as error:
-                        print(f"cleanup: {error}", file=sys.stderr)
-
-    print(f"{'overlay':<9} {'1 stream Gbit/s':>16} {'4 streams Gbit/s':>17} {'ping ms':>9} {'frags':>6}")
-    for name, row in results.items():
-        print(f"{name:<9} {row['1 stream']:16.2f} {row['4 streams']:17.2f} {row['ping ms']:9.3f} "
-              f"{int(row['frags']):6d}")
-    for name, note in notes.items():
-        print(f"{name}: {note}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
