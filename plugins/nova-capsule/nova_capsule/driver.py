@@ -433,12 +433,16 @@ class CapsuleDriver(ComputeDriver):
         """Thaw a paused capsule."""
         return self._freezer(spec, "resume", "paused")
 
+    def _existing(self, spec: InstanceSpec) -> tuple[CapsuleFiles, CapsuleMeta]:
+        """The capsule's files and metadata, or a clear error if it was never created."""
+        files = self.files(spec)
+        if not files.exists():
+            raise NovaError(f"{spec.ref.key} does not exist")
+        return files, files.read()
+
     def _freezer(self, spec: InstanceSpec, command: str, needs: str) -> ResourceStatus:
         with CapsuleLock(self.context.nova_home, self._id(spec)):
-            files = self.files(spec)
-            if not files.exists():
-                raise NovaError(f"{spec.ref.key} does not exist")
-            meta = files.read()
+            files, meta = self._existing(spec)
             runtime = self._runtime(spec)
             status = (runtime.state(meta.id) or {}).get("status")
             if status != needs:
@@ -503,10 +507,7 @@ class CapsuleDriver(ComputeDriver):
         import shutil
 
         with CapsuleLock(self.context.nova_home, self._id(spec)):
-            files = self.files(spec)
-            if not files.exists():
-                raise NovaError(f"{spec.ref.key} does not exist")
-            meta = files.read()
+            files, meta = self._existing(spec)
             runtime = self._runtime(spec)
             target = files.snapshots / name
             if target.exists():

@@ -45,27 +45,10 @@ def ca_init(network: str, hostname: str | None, peers: tuple[str, ...], days: in
     store = _store()
     identity = store.init_ca(network, hostname or _hostname(), days=days, peers=list(peers))
     folder = store.folder(network)
-    if peers:
-        _remember_peers(folder, list(peers))
     click.echo(f"overlay {network}: CA made in {folder}/ca (keep ca.key private); this host is "
                f"'{identity.hostname}' (host 1)")
     click.echo(f"next: nova overlay issue {network} HOSTNAME for each other host, then "
                f"nova overlay join BUNDLE there")
-
-
-def _remember_peers(folder: Path, peers: list[str]) -> None:
-    import json
-
-    (folder / "ca" / "advertise.json").write_text(json.dumps(peers))
-
-
-def _advertised(folder: Path) -> list[str]:
-    import json
-
-    try:
-        return list(json.loads((folder / "ca" / "advertise.json").read_text()))
-    except (OSError, ValueError):
-        return []
 
 
 @overlay_group.command("issue")
@@ -82,15 +65,13 @@ def issue(network: str, hostname: str, output: Path | None, peers: tuple[str, ..
     """Issue HOSTNAME's credentials for NETWORK as a bundle file (mode 0600)."""
     from nova_quic.pki import write_bundle
 
-    store = _store()
-    wanted = list(peers) or _advertised(store.folder(network))
-    bundle = store.issue(network, hostname, days=days, peers=wanted)
+    bundle = _store().issue(network, hostname, days=days, peers=list(peers))
     path = output or Path(f"{network}-{hostname}.bundle")
     write_bundle(path, bundle)
     click.echo(f"bundle for '{hostname}' (host {bundle['index']}) written to {path}; it holds "
                f"a private key: copy it to that host, run nova overlay join {path.name} there, "
                f"then delete it")
-    if not wanted:
+    if not bundle["peers"]:
         click.echo("note: the bundle names no peer: give the new host's NovaFile "
                    "peers = [\"HOST:PORT\"] of a member", err=True)
 

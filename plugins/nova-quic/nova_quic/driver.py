@@ -202,8 +202,10 @@ class QuicDriver(BridgeDriver):
 
     def delete(self, spec: NetworkSpec) -> None:
         """Remove the network; also stops an endpoint whose record was never written."""
-        super().delete(spec)
-        self._endpoint(spec.ref.project, spec.ref.name).stop()
+        recorded = self.ledger.get(spec.ref.project, spec.ref.name) is not None
+        super().delete(spec)  # a recorded network's endpoint goes with _remove_extra
+        if not recorded:
+            self._endpoint(spec.ref.project, spec.ref.name).stop()
 
     def _extra_problems(self, record: NetworkRecord) -> list[str]:
         if self._endpoint(record.project, record.name).supervisor_pid() is None:

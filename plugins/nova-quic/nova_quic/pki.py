@@ -6,7 +6,8 @@ NOVA_HOME/overlay/NETWORK/          (0700)
   crl.pem                           revocations signed by the CA (every host, when any)
   host.key  (0600) host.crt         this host's identity
   host.json                         {"hostname", "index", "peers"} from the bundle
-  ca/ca.key (0600) ca/issued.json   only on the host that holds the CA
+  ca/ca.key (0600) ca/issued.json   only on the host that holds the CA (and
+  ca/advertise.json                 the addresses bundles name by default)
 ```
 
 A bundle (``nova overlay issue``) is one JSON file, mode 0600, holding a host's key,
@@ -165,7 +166,8 @@ class OverlayStore:
         _write_private(folder / "ca" / "ca.key", _pem_key(key))
         _write_public(folder / "ca.crt", _pem(ca))
         _write_public(folder / "ca" / "issued.json", b"{}\n")
-        bundle = self.issue(network, hostname, days=host_days, peers=peers or [])
+        _write_public(folder / "ca" / "advertise.json", json.dumps(peers or []).encode())
+        bundle = self.issue(network, hostname, days=host_days)
         self._install(folder, bundle)
         return self.identity(network)
 
@@ -188,9 +190,15 @@ class OverlayStore:
     def issue(self, network: str, hostname: str, days: float = 365,
               peers: list[str] | None = None,
               not_after: datetime.datetime | None = None) -> dict[str, object]:
-        """A bundle (a JSON-able dict) for ``hostname``; re-issuing keeps its index."""
+        """A bundle (a JSON-able dict) for ``hostname``; re-issuing keeps its index.
+
+        ``peers`` defaults to the addresses given to :meth:`init_ca`.
+        """
         check_hostname(hostname)
         ca, ca_key, folder = self._ca(network)
+        if not peers:
+            advertised = folder / "ca" / "advertise.json"
+            peers = json.loads(advertised.read_text()) if advertised.exists() else []
         issued = self.issued(network)
         previous = issued.get(hostname)
         if previous is not None and previous.get("revoked"):
