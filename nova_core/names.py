@@ -16,6 +16,12 @@ def home_digest(nova_home: Path, length: int = 10) -> str:
     return hashlib.sha256(str(nova_home.resolve()).encode()).hexdigest()[:length]
 
 
+def mac_address(*parts: str) -> str:
+    """A stable, locally administered unicast MAC (52:54:00 like QEMU's, then a hash of ``parts``)."""
+    digest = hashlib.sha256("\0".join(parts).encode()).digest()
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
+
+
 def is_valid_name(name: object) -> bool:
     """True for a valid project or resource name (the whole string, no trailing newline)."""
     return isinstance(name, str) and re.fullmatch(NAME_PATTERN, name) is not None

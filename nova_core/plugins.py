@@ -46,6 +46,7 @@ KNOWN_PROVIDERS: dict[tuple[DriverKind, str], str] = {
     (DriverKind.NETWORK, "bridge"): "nova-bridge",
     (DriverKind.NETWORK, "vxlan"): "nova-bridge",
     (DriverKind.NETWORK, "quic"): "nova-quic",
+    (DriverKind.NETWORK, "sriov"): "nova-vfio",
     (DriverKind.DEVICE, "vfio"): "nova-vfio",
     (DriverKind.DEVICE, "sriov"): "nova-vfio",
     (DriverKind.STORAGE, "local"): "nova-core",

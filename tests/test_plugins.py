@@ -60,7 +60,7 @@ def test_absent_driver_names_the_package_and_the_alternatives(nova_fake_drivers:
     assert caught.value.message == ("no compute driver 'cloud-hypervisor'; install nova-qemu "
                                     "(available: capsule, fake, libvirt, qemu)")
     with pytest.raises(DriverNotFound,
-                       match=r"no network driver 'warp' \(available: bridge, fake, quic, vxlan\)"):
+                       match=r"no network driver 'warp' \(available: bridge, fake, quic, sriov, vxlan\)"):
         reg.driver_class(DriverKind.NETWORK, "warp")
 
 

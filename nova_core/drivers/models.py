@@ -137,8 +137,10 @@ class NetworkAttachment(_Record):
     """What a network driver made for one instance, handed to the compute driver.
 
     ``endpoint`` says how the instance plugs in: ``tap`` (a tap device name for a
-    VM), ``netns`` (a network namespace path for a capsule to join), ``host`` or
-    ``user`` (QEMU user-mode). ``details`` carries driver-specific strings.
+    VM), ``netns`` (a network namespace path for a capsule to join), ``vf`` (an SR-IOV
+    virtual function bound to vfio-pci for a VM: ``details["address"]`` is its PCI
+    address, ``mac`` the MAC set on it), ``host`` or ``user`` (QEMU user-mode).
+    ``details`` carries driver-specific strings.
 
     The engine records an attachment with ``endpoint="none"`` *before* calling
     ``attach``, so that after a crash it can ask the driver to ``detach`` it:
@@ -148,7 +150,7 @@ class NetworkAttachment(_Record):
     network: str
     driver: str
     instance: ResourceRef
-    endpoint: Literal["tap", "netns", "host", "user", "none"]
+    endpoint: Literal["tap", "netns", "vf", "host", "user", "none"]
     interface: str | None = None
     mac: str | None = None
     ipv4: str | None = None

@@ -240,7 +240,7 @@ class ContainerEntry(_InstanceEntry):
 class NetworkEntry(_Entry):
     """``[network.NAME]``: a network."""
 
-    type: Literal["bridge", "overlay", "macvlan", "host"] = "bridge"
+    type: Literal["bridge", "overlay", "sriov", "macvlan", "host"] = "bridge"
     subnet: str | None = Field(None, description="CIDR, picked automatically if absent")
     gateway: str | None = None
     dns: bool = Field(False, description="instances resolve each other by name")
@@ -280,11 +280,16 @@ ENTRY_MODELS: dict[str, type[_Entry]] = {
 
 #: Default driver per kind; networks by type.
 DEFAULT_DRIVERS = {"vm": "qemu", "container": "capsule", "network": "bridge", "volume": "local"}
-DEFAULT_NETWORK_DRIVER_BY_TYPE = {"bridge": "bridge", "overlay": "quic"}
+DEFAULT_NETWORK_DRIVER_BY_TYPE = {"bridge": "bridge", "overlay": "quic", "sriov": "sriov"}
+
+
+def network_type(table: dict[str, Any]) -> str:
+    """A network table's type: as written, else ``sriov`` when it names a PF, else ``bridge``."""
+    return str(table.get("type", "sriov" if "sriov" in table else "bridge"))
 
 
 def default_driver(kind: str, table: dict[str, Any]) -> str:
     """The driver a table uses when it names none."""
     if kind == "network":
-        return DEFAULT_NETWORK_DRIVER_BY_TYPE.get(str(table.get("type", "bridge")), "bridge")
+        return DEFAULT_NETWORK_DRIVER_BY_TYPE.get(network_type(table), "bridge")
     return DEFAULT_DRIVERS[kind]

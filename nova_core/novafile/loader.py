@@ -278,6 +278,8 @@ def _load_entry(
         problems.add(kind, name, (key,), f"unknown key{suggestion}{absent_note}")
 
     core_part = {k: v for k, v in table.items() if k in core_keys}
+    if kind == "network":
+        core_part["type"] = entries.network_type(table)
     option_part = {k: v for k, v in table.items() if k in option_keys and k not in core_keys}
     ok = not unknown
     try:

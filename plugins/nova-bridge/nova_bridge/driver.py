@@ -19,7 +19,7 @@ from pydantic import Field, field_validator
 
 from nova_bridge import firewall
 from nova_bridge.dns import DnsService
-from nova_bridge.links import Links, configure_inside, link_name, links_inside, mac_address
+from nova_bridge.links import Links, configure_inside, link_name, links_inside
 from nova_bridge.records import Lease, Ledger, NetworkRecord, allocate, pick_subnet
 from nova_core.drivers.models import (
     DriverOptions,
@@ -34,7 +34,7 @@ from nova_core.drivers.models import (
 from nova_core.drivers.network import NetworkDriver
 from nova_core.errors import NovaError
 from nova_core.hostinfo import netns
-from nova_core.names import home_digest
+from nova_core.names import home_digest, mac_address
 
 VXLAN_OVERHEAD = 50
 

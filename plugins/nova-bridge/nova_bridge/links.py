@@ -19,6 +19,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from nova_core.errors import NovaError
 from nova_core.hostinfo import netns
+from nova_core.names import mac_address
 
 BRIDGE_PREFIX = "nvb"
 
@@ -27,12 +28,6 @@ def link_name(prefix: str, nova_home: Path, *parts: str) -> str:
     """``prefix`` plus 10 hex digits of a hash of NOVA_HOME and ``parts``."""
     digest = hashlib.sha256("\0".join([str(nova_home.resolve()), *parts]).encode())
     return prefix + digest.hexdigest()[:10]
-
-
-def mac_address(*parts: str) -> str:
-    """A stable, locally administered unicast MAC (52:54:00 like QEMU's, then a hash)."""
-    digest = hashlib.sha256("\0".join(parts).encode()).digest()
-    return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
 
 
 def _index(ipr: IPRoute, name: str) -> int | None:

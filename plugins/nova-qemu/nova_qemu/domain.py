@@ -65,6 +65,14 @@ def _said(error: Exception) -> str:
     return str(get() if get else error)
 
 
+def _pci_address(parent: ET.Element, address: str, **extra: str) -> None:
+    """``<address domain= bus= slot= function=/>`` for ``0000:01:00.0`` (plus ``extra``)."""
+    domain, bus, rest = address.split(":")
+    slot, function = rest.split(".")
+    ET.SubElement(parent, "address", **extra, domain=f"0x{domain}", bus=f"0x{bus}",
+                  slot=f"0x{slot}", function=f"0x{function}")
+
+
 class LibvirtDriver(VmDriver):
     """Runs ``[vm.NAME]`` tables with ``driver = "libvirt"`` as libvirt domains."""
 
@@ -166,15 +174,18 @@ class LibvirtDriver(VmDriver):
                 ET.SubElement(nic, "mac", address=attachment.details["mac"])
                 ET.SubElement(nic, "target", dev=attachment.details["tap"], managed="no")
                 ET.SubElement(nic, "model", type="virtio")
+            elif attachment.endpoint == "vf":  # an SR-IOV VF: libvirt sets MAC and VLAN too
+                nic = ET.SubElement(devices, "interface", type="hostdev", managed="no")
+                ET.SubElement(nic, "mac", address=attachment.details["mac"])
+                _pci_address(ET.SubElement(nic, "source"), attachment.details["address"], type="pci")
+                if attachment.details.get("vlan", "0") != "0":
+                    ET.SubElement(ET.SubElement(nic, "vlan"), "tag", id=attachment.details["vlan"])
         if "user" in spec.networks:
             nic = ET.SubElement(devices, "interface", type="user")
             ET.SubElement(nic, "model", type="virtio")
         for address, options in self.passthrough(spec):  # reserved by nova-vfio
             hostdev = ET.SubElement(devices, "hostdev", mode="subsystem", type="pci", managed="no")
-            domain, bus, rest = address.split(":")
-            slot, function = rest.split(".")
-            ET.SubElement(ET.SubElement(hostdev, "source"), "address", domain=f"0x{domain}",
-                          bus=f"0x{bus}", slot=f"0x{slot}", function=f"0x{function}")
+            _pci_address(ET.SubElement(hostdev, "source"), address)
             if "romfile" in options or options.get("rombar") == "off":
                 rom = ET.SubElement(hostdev, "rom")
                 if "romfile" in options:

@@ -86,6 +86,8 @@ class QemuDriver(VmDriver):
                                     "script=no,downscript=no",
                          "-device", f"{net},netdev=net{index},mac={attachment.details['mac']}"]
                 index += 1
+            elif attachment.endpoint == "vf":  # an SR-IOV VF; its MAC is set on the PF
+                argv += ["-device", f"vfio-pci,host={attachment.details['address']}"]
         if "user" in spec.networks:
             argv += ["-netdev", f"user,id=net{index}", "-device", f"{net},netdev=net{index}"]
         for address, options in self.passthrough(spec):  # reserved by nova-vfio

@@ -34,6 +34,12 @@ def golden_spec(case: str) -> VmSpec:
         spec = spec.model_copy(update={"attachments": [NetworkAttachment(
             network="lan", driver="bridge", instance=spec.ref, endpoint="tap",
             details={"tap": "nvt0123456789", "mac": "52:54:00:12:34:56"})]})
+    if "sriov" in case:  # as nova-vfio's sriov network hands a VF over
+        spec = spec.model_copy(update={"attachments": [NetworkAttachment(
+            network="lan", driver="sriov", instance=spec.ref, endpoint="vf",
+            mac="52:54:00:ab:cd:ef",
+            details={"address": "0000:04:01.1", "mac": "52:54:00:ab:cd:ef", "pf": "0000:04:00.0",
+                     "interface": "enp6s0", "vf": "1", "vlan": "100"})]})
     if "passthrough" in case:  # as nova-vfio hands them over (a GPU, its audio, a NIC, a VF)
         spec = spec.model_copy(update={"assigned_devices": [
             DeviceAssignment(address="0000:01:00.0", driver="vfio", kind="pci",
@@ -82,7 +88,7 @@ def test_novafile_renders_to_the_pinned_domain_xml(case: str) -> None:
 
 def test_there_are_cases_for_machines_firmware_disks_and_networks() -> None:
     assert {"q35-kernel", "pc-image-disks", "microvm-tap", "uefi-user-net",
-            "q35-cloud-init", "q35-tap-libvirt", "q35-passthrough"} <= set(CASES)
+            "q35-cloud-init", "q35-tap-libvirt", "q35-passthrough", "q35-sriov-net"} <= set(CASES)
     assert (GOLDEN / "microvm-tap.xml").read_text().startswith("error: ")
     assert "<nova:home>" in (GOLDEN / "q35-kernel.xml").read_text()
     assert not Path(HOME).exists()

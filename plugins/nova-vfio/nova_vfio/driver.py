@@ -92,6 +92,16 @@ class PassthroughBase(DeviceDriver):
         """Devices are chosen when the VM is created; nothing to show before."""
         return []
 
+    def physical_function(self, interface: str) -> PciDevice:
+        """The SR-IOV capable PCI function driving network interface ``interface``."""
+        pfs = [d for d in self.host.devices() if interface in d.interfaces]
+        if not pfs:
+            raise NovaError(f"no PCI network interface named {interface}",
+                            hint="nova device ls shows which devices drive which interfaces")
+        if pfs[0].sriov_total is None:
+            raise NovaError(f"{interface} ({pfs[0].address}) is not SR-IOV capable")
+        return pfs[0]
+
     def list_devices(self) -> list[DeviceInfo]:
         """Every PCI function, with its holder."""
         held = self.ledger.read()
@@ -100,8 +110,12 @@ class PassthroughBase(DeviceDriver):
                            reserved_by=(held.get(d.address) or {}).get("holder"))
                 for d in self.host.devices()]
 
-    def take(self, devices: list[PciDevice], holder: str, force: bool) -> None:
-        """Move ``devices`` and their groups' endpoints to vfio-pci for ``holder``."""
+    def take(self, devices: list[PciDevice], holder: str, force: bool,
+             note: dict[str, str] | None = None) -> None:
+        """Move ``devices`` and their groups' endpoints to vfio-pci for ``holder``.
+
+        ``note``: more fields for their ledger entries (the network a VF serves, say).
+        """
         with self.ledger.edit() as held:
             moving: dict[str, PciDevice] = {}
             for device in devices:
@@ -130,7 +144,8 @@ class PassthroughBase(DeviceDriver):
                     original = member.driver if member.driver != VFIO else None
                     self.host.rebind(member, VFIO)
                     done.append((member, original))
-                    held[member.address] = {"holder": holder, "original": original}
+                    held[member.address] = {"holder": holder, "original": original,
+                                            **(note or {})}
             except BaseException:
                 for member, original in reversed(done):
                     self.host.bind_original(self.host.device(member.address), original)
@@ -219,13 +234,7 @@ class SriovDriver(PassthroughBase):
         interface, sep, index = spec.partition("/")
         if not sep or not index.isdigit():
             raise NovaError(f"'{entry}' is not a VF: write vf:INTERFACE/INDEX, like vf:enp6s0/2")
-        pfs = [d for d in self.host.devices() if interface in d.interfaces]
-        if not pfs:
-            raise NovaError(f"no PCI network interface named {interface}",
-                            hint="nova device ls shows which devices drive which interfaces")
-        pf = pfs[0]
-        if pf.sriov_total is None:
-            raise NovaError(f"{interface} ({pf.address}) is not SR-IOV capable")
+        pf = self.physical_function(interface)
         if int(index) >= len(pf.vfs):
             raise NovaError(f"{interface} has {len(pf.vfs)} VFs, so there is no VF {index}",
                             hint=f"nova device vfs {pf.address} --count {int(index) + 1}")

@@ -276,6 +276,22 @@ class PciHost:
             else:
                 self._write(self.sys / "bus" / "pci" / "drivers_probe", device.address)
 
+    def set_vf_link(self, pf: PciDevice, index: int, mac: str, vlan: int) -> None:
+        """Set VF ``index``'s MAC and VLAN (0: none) through ``pf``'s network interface."""
+        if not pf.interfaces:
+            raise NovaError(f"{pf.address} drives no network interface, so its VFs cannot be "
+                            "configured", hint="bind it to its network driver again")
+        if self._emulator is not None:
+            try:
+                self._emulator.set_vf_link(pf.address, index, mac, vlan)  # type: ignore[attr-defined]
+            except OSError as error:
+                raise NovaError(f"{pf.interfaces[0]} did not accept the settings of its VF "
+                                f"{index}: {error.strerror}") from None
+            return
+        from nova_vfio.netlink import set_vf
+
+        set_vf(pf.interfaces[0], index, mac, vlan)
+
     def set_vfs(self, device: PciDevice, count: int) -> None:
         """Create ``count`` VFs on physical function ``device`` (0 removes them)."""
         if device.sriov_total is None:

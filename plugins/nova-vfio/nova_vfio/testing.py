@@ -19,11 +19,17 @@ tree holds the file ``.nova-emulated-kernel``): ``driver_override`` is stored;
 in the fixture-only file ``.native_driver``); ``sriov_numvfs`` creates or removes VF
 folders with ``physfn``/``virtfnN`` links and a group each, refusing (EBUSY) a change
 from one non-zero count to another, as the kernel does.
+
+VF settings (``ip link set PF vf N mac ... vlan ...``) go to the PF's driver over
+netlink, which has nothing to answer here: :meth:`KernelEmulator.set_vf_link` records
+them in the fixture-only file ``.vf_links.json`` of the PF's folder instead, refusing a
+VF index the PF does not have (EINVAL), as the kernel does.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 from pathlib import Path
 
@@ -117,6 +123,12 @@ def _link_driver(root: Path, address: str, driver: str) -> None:
     os.symlink(folder, drivers / driver / address)
 
 
+def vf_links(root: Path, pf_address: str) -> dict[str, dict[str, object]]:
+    """The VF settings :class:`KernelEmulator` recorded for a PF: index -> mac, vlan, spoofchk."""
+    path = root / "sys" / "bus" / "pci" / "devices" / pf_address / ".vf_links.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 class KernelEmulator:
     """What the kernel does after a write to sysfs (see the module docstring)."""
 
@@ -143,6 +155,15 @@ class KernelEmulator:
             path.write_text("(null)\n")
         elif path.name == "sriov_numvfs":
             self._set_vfs(path.parent, int(value or "0"))
+
+    def set_vf_link(self, pf_address: str, index: int, mac: str, vlan: int) -> None:
+        """What the PF's driver does with ``ip link set PF vf INDEX mac MAC vlan VLAN``."""
+        folder = self.devices / pf_address
+        if not (folder / f"virtfn{index}").is_symlink():
+            raise OSError(errno.EINVAL, "Invalid argument")
+        links = vf_links(self.root, pf_address)
+        links[str(index)] = {"mac": mac, "vlan": vlan, "spoofchk": mac != "00:00:00:00:00:00"}
+        (folder / ".vf_links.json").write_text(json.dumps(links))
 
     def _bind(self, address: str, driver: str) -> None:
         folder = self.devices / address
@@ -179,4 +200,5 @@ class KernelEmulator:
                                  group, {})
             os.symlink(pf, folder / "physfn")
             os.symlink(folder, pf / f"virtfn{index}")
+        (pf / ".vf_links.json").unlink(missing_ok=True)  # VFs come back unconfigured
         (pf / "sriov_numvfs").write_text(f"{count}\n")
