@@ -21,11 +21,32 @@ FakeDistribution = Callable[..., Path]
 
 
 @pytest.fixture
-def nova_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh NOVA_HOME for this test (also exported for subprocesses)."""
+def nova_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fresh NOVA_HOME for this test (also exported for subprocesses).
+
+    Afterwards the host-wide folders drivers keep for it (``/run/nova-*HASH``: runtime
+    state, locks, sockets) are removed, so tests leave no folder behind on /run.
+    """
     home = tmp_path / "nova-home"
     monkeypatch.setenv("NOVA_HOME", str(home))
-    return home
+    yield home
+    remove_run_folders(home)
+
+
+def remove_run_folders(home: Path) -> None:
+    """Remove ``/run/nova-HASH`` and ``/run/nova-*-HASH`` of ``home``, never crossing a mount
+    (whatever a failed test left mounted stays, for the test's own leak checks to report)."""
+    import shutil
+
+    from nova_core.names import home_digest
+
+    digest = home_digest(home)
+    for folder in [Path("/run") / f"nova-{digest}", *Path("/run").glob(f"nova-*-{digest}")]:
+        if not folder.is_dir() or os.path.ismount(folder):
+            continue
+        mounted = [root for root, _dirs, _files in os.walk(folder) if os.path.ismount(root)]
+        if not mounted:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

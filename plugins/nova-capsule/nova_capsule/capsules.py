@@ -332,7 +332,8 @@ def teardown(runtime: Runtime, capsule: str, files: CapsuleFiles) -> None:
     """Remove the runtime's container, the capsule's mounts and its cgroup (idempotent)."""
     from nova_capsule.cgroups import remove_cgroup
 
-    runtime.call("delete", "--force", capsule, check=False)
+    if runtime.knows(capsule):
+        runtime.call("delete", "--force", capsule, check=False)
     files.unmount()
     remove_cgroup(capsule)
 

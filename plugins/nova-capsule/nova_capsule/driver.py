@@ -415,7 +415,7 @@ class CapsuleDriver(ComputeDriver):
             meta = files.read()
             runtime = self._runtime(spec)
             files.stopping.write_text(str(time.time()))
-            if self._running(runtime, meta.id):
+            if files.exit_code(meta.id) is None and self._running(runtime, meta.id):
                 if (runtime.state(meta.id) or {}).get("status") == "paused":
                     runtime.call("resume", meta.id, check=False)  # a frozen task gets no signal
                 runtime.call("kill", meta.id, "TERM", check=False)
@@ -475,7 +475,8 @@ class CapsuleDriver(ComputeDriver):
                 self.stop(spec, spec.stop_timeout if spec.stop_timeout < 5 else 5)
             else:
                 runtime = self._runtime(spec)
-                runtime.call("delete", "--force", capsule, check=False)
+                if runtime.knows(capsule):
+                    runtime.call("delete", "--force", capsule, check=False)
             self._unpin(spec, files)
             files.remove()
             remove_cgroup(capsule)
@@ -488,14 +489,14 @@ class CapsuleDriver(ComputeDriver):
             return ResourceStatus(ref=spec.ref, state=Lifecycle.MISSING)
         meta = files.read()
         data = {"uid_base": str(meta.uid_base), "image": meta.image}
-        state = self._runtime(spec).state(meta.id)
+        code = files.exit_code(meta.id)  # conmon writes it once the main process is gone
+        state = self._runtime(spec).state(meta.id) if code is None else None
         status = state.get("status") if state else None
         if status == "running":
             data["pid"] = str(state.get("pid"))
             return ResourceStatus(ref=spec.ref, state=Lifecycle.RUNNING, data=data)
         if status == "paused":
             return ResourceStatus(ref=spec.ref, state=Lifecycle.PAUSED, data=data)
-        code = files.exit_code(meta.id)
         if code is None and not files.log.exists():
             return ResourceStatus(ref=spec.ref, state=Lifecycle.CREATED, data=data)
         detail = f"exited with code {code}" if code is not None else ""

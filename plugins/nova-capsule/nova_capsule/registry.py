@@ -13,9 +13,7 @@ import hashlib
 import json
 import os
 import re
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +50,12 @@ class RegistryClient:
     def __init__(self, ref: ImageReference, credentials: Credentials | None = None,
                  insecure: tuple[str, ...] = (), timeout: float = 30.0) -> None:
         self.ref = ref
+        # the HTTP stack (urllib.request: http.client, ssl, email) costs ~30 ms to import and
+        # most commands never talk to a registry: it is loaded here, and from then on
+        # urllib.request / urllib.error resolve through the urllib package as usual
+        import urllib.error  # noqa: F401
+        import urllib.request  # noqa: F401
+
         self.credentials = credentials or Credentials()
         plain = is_loopback(ref.host) or ref.registry in insecure
         self.base = f"{'http' if plain else 'https'}://{ref.registry}/v2/"

@@ -55,8 +55,15 @@ class Runtime:
             raise NovaError(f"{self.name} {args[0]} failed: {message[-1] if message else done.returncode}")
         return done
 
+    def knows(self, capsule_id: str) -> bool:
+        """False when the runtime surely has no such container (crun and runc keep each
+        container's state in a folder named after it under ``--root``): no call needed."""
+        return (self.state_root / capsule_id).exists()
+
     def state(self, capsule_id: str) -> dict[str, object] | None:
         """The runtime's view of the container, or None if it does not know it."""
+        if not self.knows(capsule_id):
+            return None
         done = self.call("state", capsule_id, check=False)
         if done.returncode != 0:
             return None
