@@ -24,14 +24,9 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRegistry
 
 
 @pytest.fixture
-def capsule_home(nova_home: Path, registry: LocalRegistry) -> Iterator[Path]:
-    """A NOVA_HOME whose default registry is the local one; its /run folder goes afterwards."""
-    import shutil
-
-    from nova_capsule.runtime import run_root
-
+def capsule_home(nova_home: Path, registry: LocalRegistry) -> Path:
+    """A NOVA_HOME whose default registry is the local one (nova_home removes its /run folder)."""
     nova_home.mkdir(parents=True, exist_ok=True)
     (nova_home / "config.toml").write_text(
         f'[images]\ndefault_registry = "{registry.address}"\n')
-    yield nova_home
-    shutil.rmtree(run_root(nova_home), ignore_errors=True)
+    return nova_home

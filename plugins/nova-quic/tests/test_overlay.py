@@ -17,6 +17,8 @@ from nova_bridge.testing import host_unchanged
 from nova_capsule.testing import busybox_layer
 from nova_quic.testing import Site, endpoint_processes, underlay
 
+from nova_core.testing.pytest_plugin import remove_run_folders
+
 NETWORK = """[network.mesh]
 type = "overlay"
 driver = "quic"
@@ -51,6 +53,7 @@ def _no_leftovers(sites: list[Site]) -> None:
 def _down(sites: list[Site]) -> None:
     for site in sites:
         site.nova("down")
+        remove_run_folders(site.home)
 
 
 def test_three_hosts_share_one_encrypted_network(tmp_path: Path, busybox: Path) -> None:
