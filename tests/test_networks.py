@@ -23,6 +23,7 @@ from nova_capsule.testing import busybox_layer
 from nova_test_helpers import write_novafile
 
 from nova_core.hostinfo import netns
+from nova_core.testing.pytest_plugin import remove_run_folders
 
 LOOP = "trap 'exit 0' TERM; while true; do sleep 0.2; done"
 SERVE = "trap 'exit 0' TERM; while true; do echo hello-from-$(hostname) | nc -l -p 80; done"
@@ -343,6 +344,7 @@ def test_vxlan_overlay_joins_capsules_on_two_hosts(nova, two_hosts, tmp_path: Pa
     finally:
         for host, home, folder in folders:
             nova("down", netns_path=host.path, home=home, cwd=folder, check=False)
+            remove_run_folders(home)
 
 
 def test_net_create_inspect_and_rm(nova, project_dir: Path) -> None:
