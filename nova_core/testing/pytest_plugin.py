@@ -44,8 +44,7 @@ def remove_run_folders(home: Path) -> None:
     for folder in [Path("/run") / f"nova-{digest}", *Path("/run").glob(f"nova-*-{digest}")]:
         if not folder.is_dir() or os.path.ismount(folder):
             continue
-        mounted = [root for root, _dirs, _files in os.walk(folder) if os.path.ismount(root)]
-        if not mounted:
+        if not any(os.path.ismount(root) for root, _dirs, _files in os.walk(folder)):
             shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -332,8 +332,7 @@ def teardown(runtime: Runtime, capsule: str, files: CapsuleFiles) -> None:
     """Remove the runtime's container, the capsule's mounts and its cgroup (idempotent)."""
     from nova_capsule.cgroups import remove_cgroup
 
-    if runtime.knows(capsule):
-        runtime.call("delete", "--force", capsule, check=False)
+    runtime.remove(capsule)
     files.unmount()
     remove_cgroup(capsule)
 

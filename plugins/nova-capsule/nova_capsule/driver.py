@@ -331,7 +331,7 @@ class CapsuleDriver(ComputeDriver):
             if state and state.get("status") == "running":
                 return self.status(spec)
             if state is not None:
-                runtime.call("delete", "--force", meta.id, check=False)
+                runtime.remove(meta.id)
             try:
                 files.mount(meta, self._layer_dirs(meta))
                 self._pin(spec, files, meta.uid_base)  # again after a reboot cleared /run
@@ -474,9 +474,7 @@ class CapsuleDriver(ComputeDriver):
             if files.exists():
                 self.stop(spec, spec.stop_timeout if spec.stop_timeout < 5 else 5)
             else:
-                runtime = self._runtime(spec)
-                if runtime.knows(capsule):
-                    runtime.call("delete", "--force", capsule, check=False)
+                self._runtime(spec).remove(capsule)
             self._unpin(spec, files)
             files.remove()
             remove_cgroup(capsule)

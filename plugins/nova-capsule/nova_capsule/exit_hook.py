@@ -70,7 +70,7 @@ def _after_exit(nova_home: Path, project: str, name: str, restart: bool, code: i
     if restart:
         meta.restarts += 1
         files.write(meta)
-        runtime.call("delete", "--force", meta.id, check=False)
+        runtime.remove(meta.id)
         new_run = os.urandom(8).hex()
         files.run_id.write_text(new_run)
         (files.root / "conmon.pid").unlink(missing_ok=True)

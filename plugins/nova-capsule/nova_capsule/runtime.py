@@ -60,6 +60,11 @@ class Runtime:
         container's state in a folder named after it under ``--root``): no call needed."""
         return (self.state_root / capsule_id).exists()
 
+    def remove(self, capsule_id: str) -> None:
+        """Delete the container (forced, whatever its state) if the runtime knows it."""
+        if self.knows(capsule_id):
+            self.call("delete", "--force", capsule_id, check=False)
+
     def state(self, capsule_id: str) -> dict[str, object] | None:
         """The runtime's view of the container, or None if it does not know it."""
         if not self.knows(capsule_id):
