@@ -148,25 +148,7 @@ class PluginRegistry:
         return self._records.get(group, [])
 
     def _scan(self) -> dict[str, list[EntryPointRecord]]:
-        found: dict[str, list[EntryPointRecord]] = {}
-        seen: set[str] = set()
-        for dist in importlib.metadata.distributions():
-            # METADATA is parsed (an email parser: ~0.5 ms a distribution) only for the
-            # few that have Nova entry points; the folder name says who the others are
-            ours = [ep for ep in dist.entry_points
-                    if ep.group == PLUGIN_GROUP or ep.group in DRIVER_GROUPS]
-            quick = getattr(dist, "_normalized_name", None)
-            dist_name = (dist.metadata["Name"] or "unknown") if ours or not quick else quick
-            key = _normalise(dist_name)
-            if key in seen:  # a shadowed copy further down sys.path
-                continue
-            seen.add(key)
-            for ep in ours:
-                found.setdefault(ep.group, []).append(
-                    EntryPointRecord(ep.group, ep.name, ep.value, dist_name,
-                                     dist.version or "?", ep)
-                )
-        return found
+        return scan_entry_points()
 
     def is_disabled(self, record: EntryPointRecord) -> bool:
         """True if NOVA_DISABLE_PLUGINS names the record's distribution or plugin."""
@@ -379,6 +361,52 @@ class PluginRegistry:
                 ) or dist.hooks
                 dist.loaded = not dist.errors
         return sorted(by_dist.values(), key=lambda d: d.name)
+
+
+_SCANNED: dict[tuple[tuple[str, int], ...], dict[str, list[EntryPointRecord]]] = {}
+
+
+def scan_entry_points() -> dict[str, list[EntryPointRecord]]:
+    """Every Nova entry point of every installed distribution, by group.
+
+    Kept for the process while ``sys.path`` and the mtimes of its folders stay the
+    same (installing or removing a distribution changes its folder's mtime), so a
+    warm helper (:mod:`nova_core.warm`) scans once for all the commands it serves.
+    """
+    key = tuple((entry, _mtime(entry)) for entry in sys.path)
+    if key not in _SCANNED:
+        _SCANNED.clear()
+        _SCANNED[key] = _scan_distributions()
+    return {group: list(records) for group, records in _SCANNED[key].items()}
+
+
+def _mtime(path: str) -> int:
+    try:
+        return os.stat(path or ".").st_mtime_ns
+    except OSError:
+        return 0
+
+
+def _scan_distributions() -> dict[str, list[EntryPointRecord]]:
+    found: dict[str, list[EntryPointRecord]] = {}
+    seen: set[str] = set()
+    for dist in importlib.metadata.distributions():
+        # METADATA is parsed (an email parser: ~0.5 ms a distribution) only for the
+        # few that have Nova entry points; the folder name says who the others are
+        ours = [ep for ep in dist.entry_points
+                if ep.group == PLUGIN_GROUP or ep.group in DRIVER_GROUPS]
+        quick = getattr(dist, "_normalized_name", None)
+        dist_name = (dist.metadata["Name"] or "unknown") if ours or not quick else quick
+        key = _normalise(dist_name)
+        if key in seen:  # a shadowed copy further down sys.path
+            continue
+        seen.add(key)
+        for ep in ours:
+            found.setdefault(ep.group, []).append(
+                EntryPointRecord(ep.group, ep.name, ep.value, dist_name,
+                                 dist.version or "?", ep)
+            )
+    return found
 
 
 @functools.lru_cache(maxsize=1)

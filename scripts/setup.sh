@@ -44,7 +44,15 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "setup: installing nova-core and plugins into .venv"
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install -q -e '.[test]'
+# compat: plain path entries in .pth files rather than import hooks, which cost every
+# nova command about 25 ms at start-up (setuptools calls the mode transitional: if a
+# later setuptools drops it, the default mode is used)
+editable=(--config-settings editable_mode=compat)
+pip_install() {
+    PYTHONWARNINGS="ignore:Compat editable installs" .venv/bin/python -m pip install -q "${editable[@]}" "$@" \
+        || { editable=(); .venv/bin/python -m pip install -q "$@"; }
+}
+pip_install -e '.[test]'
 plugin_args=()
 for plugin in plugins/*/; do
     plugin="${plugin%/}"
@@ -53,7 +61,7 @@ for plugin in plugins/*/; do
     [ -f "$plugin/pip-extras.txt" ] && extras=$(tr -s ' \n' ',,' < "$plugin/pip-extras.txt" | sed 's/^,//; s/,$//')
     plugin_args+=(-e "./$plugin${extras:+[$extras]}")
 done
-.venv/bin/python -m pip install -q "${plugin_args[@]}"
+pip_install "${plugin_args[@]}"
 if [ -x /bin/busybox ] && .venv/bin/python -c "import nova_capsule" 2>/dev/null; then
     # a small local image for examples/quickstart: no registry needed
     if ! .venv/bin/nova image ls 2>/dev/null | grep -q "^local/busybox:latest "; then

@@ -1003,4 +1003,45 @@ def doctor(app: App, as_json: bool) -> None:
                    f"{sum(r.status == 'warn' for r in results)} with warnings")
 
 
+# -- warm start -------------------------------------------------------------------------------
+@cli.group()
+def warm() -> None:
+    """The warm helper that saves each command Python's start-up (docs/architecture.md)."""
+
+
+@warm.command("status")
+@json_option()
+def warm_status(as_json: bool) -> None:
+    """Show the helper that serves commands run from here, if one runs."""
+    import json
+
+    from nova_core import warm as helper
+
+    answer = helper.control("status")
+    info = json.loads(answer) if answer else None
+    if as_json:
+        print_json({"enabled": helper.enabled(), "running": info is not None, **(info or {})})
+        return
+    if info is None:
+        click.echo("no warm helper runs for this context; "
+                   + ("the next command starts one" if helper.enabled()
+                      else "NOVA_WARM=0 keeps commands from starting one"))
+        return
+    click.echo(table(["PID", "SERVED", "BUSY", "UPTIME", "IDLE TIMEOUT", "RSS", "SOCKET"],
+                     [(info["pid"], info["served"], info["busy"], f"{info['uptime_seconds']} s",
+                       f"{info['idle_timeout_seconds']:g} s", f"{info['rss_kib'] // 1024} MiB",
+                       info["socket"])]))
+
+
+@warm.command("stop")
+def warm_stop() -> None:
+    """Stop the helper (commands still running in it finish first)."""
+    from nova_core import warm as helper
+
+    if helper.control("stop") is None:
+        click.echo("no warm helper runs for this context")
+    else:
+        click.echo("warm helper stopped")
+
+
 __all__ = ["cli"]

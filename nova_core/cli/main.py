@@ -3,6 +3,10 @@
 Exit status: 0 success, 1 an error (the message says what to do), 2 a usage
 error. Tracebacks only with ``--debug``. ``nova --version`` answers before
 anything else is imported.
+
+The console script (``argv`` not given) first offers the command to a warm
+helper (:mod:`nova_core.warm`), which has everything imported already; without
+one it runs here and leaves a helper behind for the next command.
 """
 
 from __future__ import annotations
@@ -18,6 +22,29 @@ def main(argv: list[str] | None = None) -> int:
 
         sys.stdout.write(f"nova {__version__}\n")
         return 0
+    if argv is None:
+        from nova_core import warm
+
+        try:
+            use_warm = warm.eligible(args)
+            code = warm.run(args) if use_warm else None
+        except Exception:  # noqa: BLE001 - the helper is only a speed-up: run here instead
+            use_warm, code = False, None
+        if code is not None:
+            return code
+        try:
+            return run(args)
+        finally:
+            if use_warm:
+                try:
+                    warm.spawn()
+                except Exception:  # noqa: BLE001,S110 - no helper next time, that is all
+                    pass
+    return run(args)
+
+
+def run(args: list[str]) -> int:
+    """Run the command ``args`` in this process; return the exit status."""
     debug = "--debug" in args
     import click
 
@@ -29,7 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(result or 0)
     except click.exceptions.Exit as done:
         return int(done.exit_code)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as abort:
+        if isinstance(abort.__cause__, KeyboardInterrupt):  # click's word for Ctrl-C
+            sys.stderr.write("interrupted\n")
+            return 130
         sys.stderr.write("aborted\n")
         return 1
     except click.ClickException as error:

@@ -20,6 +20,12 @@ FAKE_DRIVERS = {
 FakeDistribution = Callable[..., Path]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Commands that tests run start no warm helper (nova_core.warm): a helper outlives
+    the command, and tests leave no process behind. Tests of the helper turn it on."""
+    os.environ["NOVA_WARM"] = "0"
+
+
 @pytest.fixture
 def nova_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A fresh NOVA_HOME for this test (also exported for subprocesses).

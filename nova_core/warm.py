@@ -1,0 +1,631 @@
+"""Warm start: a helper process that has Nova imported already and forks per command.
+
+Starting Python and importing click, pydantic and the NovaFile models costs a
+``nova`` command about 0.3 s, more than most commands' own work. So after a
+command ran the usual way, ``nova`` leaves a *warm helper* behind: a process with
+those modules imported that listens on a Unix socket and exits after
+``NOVA_WARM_IDLE`` seconds (default 600) without work. The next command's
+``nova`` process imports only this module, hands the helper its argv,
+environment, working directory, umask and its stdin/stdout/stderr (file
+descriptors over SCM_RIGHTS), and the helper forks a child that runs the command
+exactly as ``nova`` would have, writing straight to the caller's terminal or
+pipes. The caller forwards signals (Ctrl-C) to that child and exits with its
+exit status.
+
+The helper holds no state: state is in SQLite and files as always, and every
+command works the same without it (``NOVA_WARM=0`` turns it off). A helper only
+serves callers that would have run identically: same user and groups, Python,
+``sys.path`` (and the mtimes of its folders, which ``pip install`` changes),
+namespaces, cgroup, capabilities, rlimits and umask; these make up its *key*,
+and the socket's name is derived from it. Callers outside the host's network or
+mount namespace (``ip netns exec``) never use one, so no helper keeps a namespace
+alive. A helper whose modules changed on disk since it imported them refuses
+work and exits. Interactive commands (``console``, ``exec``) always run in the
+calling process, which owns the terminal.
+
+This module is imported by every ``nova`` command before anything else: its
+client part uses only built-in modules (``_socket``, ``_signal``, ``zlib``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+#: commands that need the calling process itself (its controlling terminal) or manage helpers
+LOCAL_COMMANDS = frozenset({"console", "exec", "warm"})
+IDLE_SECONDS = 600.0
+_NAMESPACES = ("net", "mnt", "pid", "uts", "ipc", "user", "cgroup")
+
+
+def enabled() -> bool:
+    """False when ``NOVA_WARM=0`` (or ``no``/``false``/``off``)."""
+    return os.environ.get("NOVA_WARM", "1").strip().lower() not in ("0", "no", "false", "off")
+
+
+def eligible(args: list[str]) -> bool:
+    """Whether a command may run in a warm helper (not interactive, not in another namespace)."""
+    if not args or LOCAL_COMMANDS.intersection(args) or not enabled():
+        return False
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            return False  # a closed stdio: nothing to hand over
+    return not _elsewhere()
+
+
+def _elsewhere() -> bool:
+    """Whether this process runs in other network or mount namespaces than the host's
+    (``ip netns exec``, ``unshare``): then a helper would keep those alive."""
+    try:
+        return any(os.stat(f"/proc/self/ns/{ns}").st_ino != os.stat(f"/proc/1/ns/{ns}").st_ino
+                   for ns in ("net", "mnt"))
+    except OSError:
+        pass  # PID 1's namespaces are not ours to see: look for a named network namespace
+    try:
+        mine = os.stat("/proc/self/ns/net")
+        names = os.listdir("/run/netns")
+    except OSError:
+        return False
+    for name in names:
+        try:
+            named = os.stat(f"/run/netns/{name}")
+        except OSError:
+            continue
+        if (named.st_dev, named.st_ino) == (mine.st_dev, mine.st_ino):
+            return True
+    return False
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as file:
+            return file.read()
+    except OSError:
+        return ""
+
+
+def key() -> str:
+    """Everything that makes two ``nova`` processes behave alike, as one text."""
+    parts = [f"uid={os.getuid()} gid={os.getgid()} groups={sorted(os.getgroups())}",
+             f"python={sys.executable} {sys.version}"]
+    for entry in sys.path:
+        try:
+            mtime = os.stat(entry or ".").st_mtime_ns
+        except OSError:
+            mtime = 0
+        parts.append(f"path={entry} {mtime}")
+    for ns in _NAMESPACES:
+        try:
+            parts.append(f"ns.{ns}={os.stat(f'/proc/self/ns/{ns}').st_ino}")
+        except OSError:
+            parts.append(f"ns.{ns}=?")
+    parts.append("cgroup=" + _read("/proc/self/cgroup").replace("\n", ";"))
+    status = _read("/proc/self/status").splitlines()
+    parts += [line.replace("\t", "") for line in status
+              if line.startswith(("Cap", "NoNewPrivs", "Seccomp"))]
+    parts.append("limits=" + " ".join(_read("/proc/self/limits").split()))
+    umask = os.umask(0o022)
+    os.umask(umask)
+    parts.append(f"umask={umask:o}")
+    return "\n".join(parts)
+
+
+def folder() -> str:
+    """Where helpers' sockets live: ``NOVA_WARM_DIR``, /run/nova-warm for root, else per user."""
+    chosen = os.environ.get("NOVA_WARM_DIR")
+    if chosen:
+        return chosen
+    if os.getuid() == 0:
+        return "/run/nova-warm"
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    return f"{runtime}/nova-warm" if runtime else f"/tmp/nova-warm-{os.getuid()}"
+
+
+def socket_path(text: str) -> str:
+    """The socket of the helper for the key ``text``."""
+    import zlib
+
+    return f"{folder()}/{zlib.crc32(text.encode()):08x}.sock"
+
+
+# ----------------------------------------------------------------------------- client
+
+def _connect(path: str):  # -> _socket.socket | None
+    import _socket
+
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def _encode(fields: list[str]) -> bytes:
+    body = b"\0".join(os.fsencode(field) for field in fields)
+    return len(body).to_bytes(8, "little") + body
+
+
+class _Reply:
+    """Lines the helper sends back: ``P<pid>``, ``X<status>``, ``R`` (refused), text."""
+
+    def __init__(self, sock) -> None:  # noqa: ANN001 - a _socket.socket
+        self.sock = sock
+        self.buffer = b""
+
+    def line(self) -> bytes | None:
+        while b"\n" not in self.buffer:
+            try:
+                chunk = self.sock.recv(4096)
+            except OSError:
+                return None
+            if not chunk:
+                return None
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line
+
+
+def run(args: list[str]) -> int | None:
+    """Run ``nova ARGS`` in a warm helper; its exit status, or None when no helper took it."""
+    text = key()
+    sock = _connect(socket_path(text))
+    if sock is None:
+        return None
+    try:
+        import _socket
+
+        umask = os.umask(0o022)
+        os.umask(umask)
+        try:
+            cwd = os.getcwd()
+        except OSError:
+            return None
+        fields = [text, cwd, str(umask), str(len(args)), *args,
+                  *(f"{name}={value}" for name, value in os.environ.items())]
+        fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2))
+        data = _encode(fields)
+        try:
+            sent = sock.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
+            if sent < len(data):
+                sock.sendall(data[sent:])
+        except OSError:
+            return None
+        reply = _Reply(sock)
+        first = reply.line()
+        if first is None or not first.startswith(b"P"):
+            return None  # refused (another key, or the helper's code changed): run here
+        child = int(first[1:])
+        forward = _forward_signals(child)
+        try:
+            last = reply.line()
+        finally:
+            forward()
+        if last is None or not last.startswith(b"X"):
+            sys.stderr.write("error: the warm helper ended without the command's exit status\n"
+                             "  hint: run it again; NOVA_WARM=0 runs commands without the helper\n")
+            return 1
+        return int(last[1:])
+    finally:
+        sock.close()
+
+
+def _forward_signals(child: int):  # -> Callable[[], None]
+    """Pass Ctrl-C and friends on to the helper's child; returns the undo."""
+    import _signal
+
+    def forward(signum: int, frame: object) -> None:
+        try:
+            os.kill(child, signum)
+        except OSError:
+            pass
+
+    names = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH")
+    previous = {}
+    for name in names:
+        number = getattr(_signal, name)
+        previous[number] = _signal.signal(number, forward)
+
+    def undo() -> None:
+        for number, handler in previous.items():
+            _signal.signal(number, handler)
+
+    return undo
+
+
+def spawn() -> None:
+    """Start a helper for this caller's key in the background, unless one is starting."""
+    import time
+
+    text = key()
+    path = socket_path(text)
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        marker = path + ".starting"
+        try:
+            if time.time() - os.stat(marker).st_mtime < 30:
+                return  # another command is starting it
+            os.unlink(marker)
+        except FileNotFoundError:
+            pass
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except OSError:
+        return
+    import subprocess
+
+    env = dict(os.environ, NOVA_WARM_SOCKET=path, NOVA_WARM_KEY=text,
+               NOVA_WARM_SYSPATH=os.pathsep.join(sys.path))
+    bootstrap = ("import os, sys; sys.path[:] = os.environ.pop('NOVA_WARM_SYSPATH').split(os.pathsep); "
+                 "from nova_core.warm import serve; serve()")
+    try:
+        subprocess.Popen([sys.executable, "-P", "-c", bootstrap], env=env, start_new_session=True,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, cwd="/")
+    except OSError:
+        try:
+            os.unlink(marker)
+        except OSError:
+            pass
+
+
+def control(command: str) -> str | None:
+    """Ask this caller's helper for ``status`` or to ``stop``; its answer, or None if none runs."""
+    sock = _connect(socket_path(key()))
+    if sock is None:
+        return None
+    try:
+        sock.sendall(_encode(["", command]))
+        reply = _Reply(sock)
+        lines = []
+        while (line := reply.line()) is not None:
+            lines.append(line.decode())
+        return "\n".join(lines)
+    finally:
+        sock.close()
+
+
+# ----------------------------------------------------------------------------- helper
+
+#: modules to import before serving: what every command needs
+PRELOAD = ("nova_core.cli.app", "nova_core.novafile.loader", "nova_core.engine.engine",
+           "nova_core.drivers.compute", "nova_core.drivers.network", "nova_core.state.store",
+           "nova_core.plugins")
+
+
+def serve() -> None:
+    """The helper's main loop (started by :func:`spawn`)."""
+    import importlib
+
+    path = os.environ.pop("NOVA_WARM_SOCKET")
+    text = os.environ.pop("NOVA_WARM_KEY")
+    idle = float(os.environ.get("NOVA_WARM_IDLE") or IDLE_SECONDS)
+    try:
+        for name in PRELOAD:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - a broken install: the child will say what
+                pass
+        _warm_up()
+        _Helper(path, text, idle).loop()
+    finally:
+        try:
+            os.unlink(path + ".starting")
+        except OSError:
+            pass
+
+
+def _warm_up() -> None:
+    """Do once here what every child would do again: scan entry points, build models."""
+    from nova_core.plugins import scan_entry_points
+
+    scan_entry_points()
+    try:
+        from pydantic import BaseModel
+    except ImportError:
+        return
+    pending = list(BaseModel.__subclasses__())
+    while pending:
+        model = pending.pop()
+        pending += model.__subclasses__()
+        if getattr(model, "__pydantic_complete__", True) or getattr(
+                model, "__pydantic_generic_metadata__", {}).get("parameters"):
+            continue
+        try:
+            model.model_rebuild()  # models use defer_build: a cold command builds only its own
+        except Exception:  # noqa: BLE001,S112 - one that needs names only a command has
+            continue
+
+
+class _Helper:
+    def __init__(self, path: str, text: str, idle: float) -> None:
+        import signal
+        import socket
+        import threading
+        import time
+
+        self.path, self.key, self.idle = path, text, idle
+        self.children: dict[int, socket.socket] = {}
+        self.served = 0
+        self.started = time.time()
+        self.last = time.monotonic()
+        self.accepting = True
+        self.listener: socket.socket | None = None
+        self.inode = 0
+        self.mtimes = self._module_mtimes()
+        if threading.active_count() > 1:
+            return  # forking a threaded process is unsafe: serve nothing
+        probe = _connect(path)
+        if probe is not None:
+            probe.close()
+            return  # another helper serves this key
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(path)
+        os.chmod(path, 0o600)
+        listener.listen(64)
+        self.listener = listener
+        self.inode = os.stat(path).st_ino
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.learn_r, self.learn_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGTERM, lambda *_: self._stop_accepting())
+        try:
+            os.unlink(path + ".starting")
+        except OSError:
+            pass
+
+    @staticmethod
+    def _module_mtimes() -> dict[str, int]:
+        """mtimes of the files of every imported module outside the standard library."""
+        import sysconfig
+
+        stdlib = sysconfig.get_paths()["stdlib"]
+        found = {}
+        for module in list(sys.modules.values()):
+            file = getattr(module, "__file__", None)
+            if file and not file.startswith(stdlib):
+                try:
+                    found[file] = os.stat(file).st_mtime_ns
+                except OSError:
+                    pass
+        return found
+
+    def _stale(self) -> bool:
+        for file, mtime in self.mtimes.items():
+            try:
+                if os.stat(file).st_mtime_ns != mtime:
+                    return True
+            except OSError:
+                return True
+        return False
+
+    def _stop_accepting(self) -> None:
+        if not self.accepting:
+            return
+        self.accepting = False
+        try:
+            if os.stat(self.path).st_ino == self.inode:
+                os.unlink(self.path)
+        except OSError:
+            pass
+
+    def loop(self) -> None:
+        import select
+        import time
+
+        if self.listener is None:
+            return
+        while self.accepting or self.children:
+            watch = [self.wake_r, self.learn_r] + ([self.listener] if self.accepting else [])
+            timeout = None if self.children else max(0.0, min(60.0, self.last + self.idle - time.monotonic()))
+            ready, _, _ = select.select(watch, [], [], timeout)
+            if self.wake_r in ready:
+                while True:
+                    try:
+                        if not os.read(self.wake_r, 512):
+                            break
+                    except BlockingIOError:
+                        break
+                self._reap()
+            if self.learn_r in ready:
+                self._learn()
+            if self.listener in ready:
+                self._accept()
+                self.last = time.monotonic()
+            if self.accepting and not self.children:
+                if time.monotonic() - self.last >= self.idle:
+                    self._stop_accepting()
+                else:
+                    try:
+                        if os.stat(self.path).st_ino != self.inode:
+                            self.accepting = False  # replaced or removed
+                    except OSError:
+                        self.accepting = False
+        self.listener.close()
+
+    def _reap(self) -> None:
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            conn = self.children.pop(pid, None)
+            if conn is None:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            try:
+                conn.sendall(b"X%d\n" % (code if code >= 0 else 128 - code))
+            except OSError:
+                pass
+            conn.close()
+
+    def _learn(self) -> None:
+        """Import what children imported beyond the preload, for the next command."""
+        import importlib
+        import threading
+
+        try:
+            data = os.read(self.learn_r, 65536)
+        except BlockingIOError:
+            return
+        for name in data.decode(errors="replace").split():
+            if name in sys.modules or name == "__main__":
+                continue
+            try:
+                importlib.import_module(name)
+            except BaseException:  # noqa: BLE001 - a module that needs the child's context
+                continue
+        _warm_up()
+        self.mtimes = {**self._module_mtimes(), **self.mtimes}
+        if threading.active_count() > 1:
+            self._stop_accepting()  # an import started a thread: no more forks
+
+    def _accept(self) -> None:
+        import socket
+        import struct
+
+        assert self.listener is not None
+        conn, _ = self.listener.accept()
+        fds: list[int] = []
+        try:
+            uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
+            if uid != os.getuid():
+                conn.close()
+                return
+            conn.settimeout(5)
+            data, ancillary, _, _ = conn.recvmsg(1 << 16, socket.CMSG_SPACE(3 * 4))
+            for level, kind, payload in ancillary:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds += [int.from_bytes(payload[i:i + 4], sys.byteorder)
+                            for i in range(0, len(payload) - len(payload) % 4, 4)]
+            size = int.from_bytes(data[:8], "little")
+            body = data[8:]
+            while len(body) < size:
+                chunk = conn.recv(min(1 << 20, size - len(body)))
+                if not chunk:
+                    raise OSError("short request")
+                body += chunk
+            conn.settimeout(None)
+            fields = [os.fsdecode(field) for field in body.split(b"\0")]
+        except (OSError, ValueError):
+            for fd in fds:
+                os.close(fd)
+            conn.close()
+            return
+        if fields[0] == "" and len(fields) == 2:
+            self._control(conn, fields[1])
+            return
+        if fields[0] != self.key or len(fds) != 3 or self._stale():
+            if fields[0] == self.key:
+                self._stop_accepting()  # code changed on disk: the next command starts a new helper
+            for fd in fds:
+                os.close(fd)
+            conn.sendall(b"R\n")
+            conn.close()
+            return
+        cwd, umask, count = fields[1], int(fields[2]), int(fields[3])
+        args = fields[4:4 + count]
+        env = dict(item.partition("=")[::2] for item in fields[4 + count:])
+        pid = os.fork()
+        if pid == 0:
+            self._child(conn, fds, cwd, umask, args, env)
+        for fd in fds:
+            os.close(fd)
+        self.served += 1
+        self.children[pid] = conn
+        try:
+            conn.sendall(b"P%d\n" % pid)
+        except OSError:
+            pass
+
+    def _control(self, conn, command: str) -> None:  # noqa: ANN001
+        import json
+        import time
+
+        if command == "stop":
+            self._stop_accepting()
+            conn.sendall(b"stopping\n")
+        else:
+            rss = 0
+            for line in _read("/proc/self/status").splitlines():
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1])
+            conn.sendall(json.dumps({
+                "pid": os.getpid(), "socket": self.path, "served": self.served,
+                "busy": len(self.children), "uptime_seconds": round(time.time() - self.started, 1),
+                "idle_timeout_seconds": self.idle, "rss_kib": rss,
+                "modules": len(sys.modules)}).encode() + b"\n")
+        conn.close()
+
+    def _child(self, conn, fds: list[int], cwd: str, umask: int, args: list[str],  # noqa: ANN001
+               env: dict[str, str]) -> None:
+        """Run the command in the forked child, as the caller's ``nova`` process would."""
+        import signal
+
+        code = 1
+        try:
+            signal.set_wakeup_fd(-1)
+            for number in (signal.SIGCHLD, signal.SIGTERM):
+                signal.signal(number, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            assert self.listener is not None
+            self.listener.close()
+            for other in self.children.values():
+                other.close()
+            conn.close()
+            for fd in (self.wake_r, self.wake_w, self.learn_r):
+                os.close(fd)
+            for target, fd in enumerate(fds):
+                os.dup2(fd, target)
+            for fd in fds:
+                if fd > 2:
+                    os.close(fd)
+            before = set(sys.modules)
+            os.environ.clear()
+            os.environ.update(env)
+            os.umask(umask)
+            os.chdir(cwd)
+            sys.argv = ["nova", *args]
+            sys.stdin = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115
+            sys.stdout = open(1, "w", encoding="utf-8", closefd=False,  # noqa: SIM115
+                              buffering=1 if os.isatty(1) else -1)
+            sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace",  # noqa: SIM115
+                              closefd=False, buffering=1)
+            from nova_core.cli.main import main
+
+            code = main(args)
+            learned = " ".join(sorted(set(sys.modules) - before))[:4000]
+            if learned:
+                try:
+                    os.write(self.learn_w, learned.encode())
+                except OSError:
+                    pass
+        except SystemExit as done:
+            code = done.code if isinstance(done.code, int) else 1
+        except BaseException:  # noqa: BLE001 - --debug re-raises: show it as nova would
+            import traceback
+
+            traceback.print_exc()
+            code = 1
+        finally:
+            import atexit
+
+            try:
+                atexit._run_exitfuncs()  # what interpreter shutdown would have run
+            except BaseException:  # noqa: BLE001,S110 - exiting anyway
+                pass
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except BaseException:  # noqa: BLE001,S110 - a closed pipe
+                    pass
+            os._exit(code)

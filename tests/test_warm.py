@@ -1,0 +1,183 @@
+"""The warm helper (nova_core.warm): real `nova` processes, a real helper, real signals.
+
+Each test gets its own socket folder (NOVA_WARM_DIR), so its helper serves only it,
+and the fixture stops every helper started from that folder, also when the test fails.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+NOVA = str(Path(sys.executable).parent / "nova")
+HELPER_MARK = b"nova_core.warm import serve"
+
+
+def helpers(warm_dir: Path) -> list[int]:
+    """PIDs of helpers started with this socket folder."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if HELPER_MARK not in (proc / "cmdline").read_bytes():
+                continue
+            if f"NOVA_WARM_DIR={warm_dir}".encode() in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def wait_for(predicate, timeout: float = 30.0) -> bool:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+class Warm:
+    """Runs the real console script with the helper on, in one test's context."""
+
+    def __init__(self, folder: Path, home: Path) -> None:
+        self.folder = folder
+        self.env = dict(os.environ, NOVA_WARM="1", NOVA_WARM_DIR=str(folder), NOVA_HOME=str(home),
+                        NOVA_WARM_IDLE="120")
+
+    def run(self, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+            ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([NOVA, *args], cwd=cwd, env={**self.env, **(env or {})},
+                              capture_output=True, text=True, timeout=60)
+
+    def sockets(self) -> list[Path]:
+        return sorted(self.folder.glob("*.sock")) if self.folder.is_dir() else []
+
+    def status(self) -> dict[str, object]:
+        done = self.run("warm", "status", "--json")
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    def started(self) -> dict[str, object]:
+        """Run a command the usual way, then wait for the helper it leaves behind."""
+        self.run("ls")
+        assert wait_for(lambda: self.status()["running"]), "no helper came up"
+        return self.status()
+
+
+@pytest.fixture
+def warm(tmp_path: Path, nova_home: Path) -> Iterator[Warm]:
+    folder = tmp_path / "warm"
+    helper = Warm(folder, nova_home)
+    try:
+        yield helper
+    finally:
+        for pid in helpers(folder):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        assert wait_for(lambda: not helpers(folder), 10), "a helper survived SIGKILL"
+
+
+def test_helper_runs_commands_with_the_callers_cwd_env_and_exit_status(
+        warm: Warm, tmp_path: Path) -> None:
+    first = warm.started()
+    assert first["served"] == 0 and Path(str(first["socket"])).parent == warm.folder
+    assert Path(f"/proc/{first['pid']}").exists()
+    for name in ("alpha", "beta"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "NovaFile").write_text(f'project = "{name}"\n')
+    alpha = warm.run("validate", "--json", cwd=tmp_path / "alpha")
+    beta = warm.run("validate", "--json", cwd=tmp_path / "beta")
+    assert alpha.returncode == 0 and beta.returncode == 0, (alpha.stderr, beta.stderr)
+    assert json.loads(alpha.stdout)["project"] == "alpha"
+    assert json.loads(beta.stdout)["project"] == "beta"
+    # the caller's environment, not the helper's
+    bad = warm.run("down", "-p", "alpha", env={"NOVA_LOCK_TIMEOUT": "abc"})
+    assert bad.returncode == 1 and "NOVA_LOCK_TIMEOUT='abc' is not a number" in bad.stderr
+    usage = warm.run("ls", "--jsn")
+    assert usage.returncode == 2 and "Usage:" in usage.stderr and "Traceback" not in usage.stderr
+    after = warm.status()
+    assert after["pid"] == first["pid"] and after["served"] == 4
+    # the same answers as without the helper
+    cold = subprocess.run([NOVA, "validate", "--json"], cwd=tmp_path / "alpha", capture_output=True,
+                          text=True, env={**warm.env, "NOVA_WARM": "0"}, timeout=60)
+    assert cold.stdout == alpha.stdout and cold.returncode == alpha.returncode
+
+
+def test_ctrl_c_reaches_the_command_in_the_helper(warm: Warm, nova_home: Path) -> None:
+    warm.started()
+    locks = nova_home / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / "held.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        waiting = subprocess.Popen([NOVA, "down", "-p", "held"], env=warm.env, text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            assert wait_for(lambda: warm.status()["busy"] == 1, 20), "the helper got no command"
+            time.sleep(0.3)  # the child waits for the lock now
+            waiting.send_signal(signal.SIGINT)
+            out, err = waiting.communicate(timeout=20)
+        finally:
+            waiting.kill()
+    assert waiting.returncode == 130, (out, err)
+    assert "interrupted" in err and "Traceback" not in err
+    assert wait_for(lambda: warm.status()["busy"] == 0, 10)
+
+
+def test_changed_code_makes_the_helper_step_down(warm: Warm) -> None:
+    """A helper whose imported modules changed on disk refuses work: the command runs in its
+    own process (correctly), and the helper exits."""
+    first = warm.started()
+    import nova_core.warm
+
+    source = Path(nova_core.warm.__file__)
+    before = source.stat()
+    os.utime(source, ns=(before.st_atime_ns, before.st_mtime_ns + 1))  # same second: .pyc stays valid
+    try:
+        done = warm.run("ls", "--json")
+        assert done.returncode == 0 and json.loads(done.stdout) == []
+        assert wait_for(lambda: not Path(f"/proc/{first['pid']}").exists(), 10)
+    finally:
+        os.utime(source, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def test_stop_and_idle_timeout_end_the_helper(warm: Warm) -> None:
+    first = warm.started()
+    stop = warm.run("warm", "stop")
+    assert stop.returncode == 0 and "stopped" in stop.stdout
+    assert wait_for(lambda: not Path(f"/proc/{first['pid']}").exists(), 10)
+    assert warm.sockets() == []
+    assert "no warm helper" in warm.run("warm", "status").stdout
+    warm.env["NOVA_WARM_IDLE"] = "1"
+    second = warm.started()
+    assert second["idle_timeout_seconds"] == 1
+    assert wait_for(lambda: not Path(f"/proc/{second['pid']}").exists(), 15)
+    assert warm.sockets() == []
+
+
+def test_off_and_other_namespaces_start_no_helper(warm: Warm) -> None:
+    off = warm.run("ls", env={"NOVA_WARM": "0"})
+    assert off.returncode == 0
+    namespace = f"nova-warm-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", namespace], check=True)
+    try:
+        inside = subprocess.run(["ip", "netns", "exec", namespace, NOVA, "ls"], env=warm.env,
+                                capture_output=True, text=True, timeout=60)
+        assert inside.returncode == 0, inside.stderr
+        time.sleep(1.0)  # a helper would have been spawned by now
+        assert helpers(warm.folder) == [] and warm.sockets() == []
+    finally:
+        subprocess.run(["ip", "netns", "del", namespace], check=False)
