@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import statistics
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -18,3 +23,40 @@ def median_seconds(argv: list[str], runs: int, env: dict[str, str] | None = None
         subprocess.run(argv, env=env, cwd=cwd, capture_output=True, check=True)
         samples.append(time.perf_counter() - start)
     return statistics.median(samples)
+
+
+@contextmanager
+def warm_helper(nova: list[str], env: dict[str, str], cwd: Path | None = None,
+                ) -> Iterator[dict[str, str]]:
+    """The environment for timing ``nova`` as users run it: with a warm helper (the default;
+    nova_core.warm), a private one in a temporary folder, ready before the first timed run and
+    stopped afterwards."""
+    folder = tempfile.mkdtemp(prefix="nova-bench-warm-")
+    warm_env = dict(env, NOVA_WARM="1", NOVA_WARM_DIR=folder)
+
+    def running() -> bool:
+        done = subprocess.run([*nova, "warm", "status", "--json"], env=warm_env, cwd=cwd,
+                              capture_output=True, text=True)
+        return done.returncode == 0 and json.loads(done.stdout)["running"]
+
+    subprocess.run([*nova, "ls"], env=warm_env, cwd=cwd, capture_output=True)
+    deadline = time.monotonic() + 30
+    while not running():
+        if time.monotonic() > deadline:
+            raise SystemExit("the warm helper did not come up within 30 s")
+        time.sleep(0.05)
+    try:
+        yield warm_env
+    finally:
+        subprocess.run([*nova, "warm", "stop"], env=warm_env, cwd=cwd, capture_output=True)
+        deadline = time.monotonic() + 30
+        while list(Path(folder).glob("*.sock")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def helper_rss_kib(nova: list[str], env: dict[str, str]) -> int:
+    """RSS of the warm helper serving ``env`` (0 if none runs)."""
+    done = subprocess.run([*nova, "warm", "status", "--json"], env=env, capture_output=True,
+                          text=True)
+    return int(json.loads(done.stdout).get("rss_kib", 0)) if done.returncode == 0 else 0

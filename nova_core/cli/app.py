@@ -589,20 +589,26 @@ def run(app: App, file: str | None, wait: bool, remove: bool, kind: str, name: s
 
 
 def _wait_and_show(app: App, project: str, kind: str, name: str) -> int:
-    """Wait for an instance to stop; print its output; return its exit code (1 if unknown)."""
+    """Wait for an instance to stop, printing its output as it comes; return its exit code
+    (1 if unknown)."""
     import time as clock
 
     from nova_core.drivers.models import Lifecycle, LogRequest, ResourceKind
 
     spec, driver = app.engine.instance(project, ResourceKind(kind), name)
+    shown = 0
+    for line in driver.logs(spec, LogRequest(follow=True)):  # as it comes, while it runs
+        click.echo(line.text, err=line.stream == "stderr")
+        shown += 1
     status = driver.status(spec)
     delay = 0.005
     while status.state in (Lifecycle.RUNNING, Lifecycle.PAUSED, Lifecycle.CREATED):
         clock.sleep(delay)
         delay = min(delay * 2, 0.1)
         status = driver.status(spec)
-    for line in driver.logs(spec, LogRequest()):
-        click.echo(line.text, err=line.stream == "stderr")
+    for index, line in enumerate(driver.logs(spec, LogRequest())):
+        if index >= shown:  # what a driver that follows until a pause only wrote since
+            click.echo(line.text, err=line.stream == "stderr")
     return status.exit_code if status.exit_code is not None else 1
 
 

@@ -579,14 +579,20 @@ class CapsuleDriver(ComputeDriver):
                 lines = lines[-request.tail:] if request.tail else []
             for line in lines:
                 yield _parse_log_line(line)
+            delay = 0.005
             while request.follow:
                 line = handle.readline()
                 if line:
                     yield _parse_log_line(line.rstrip("\n"))
+                    delay = 0.005
                     continue
                 if self.status(spec).state is not Lifecycle.RUNNING:
+                    # conmon writes the last lines before the exit code: read them too
+                    for rest in handle.read().splitlines():
+                        yield _parse_log_line(rest)
                     break
-                time.sleep(0.1)
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
 
 
 def _host_resolv_conf() -> str:

@@ -43,8 +43,11 @@ class Runtime:
     state_root: Path
 
     def argv(self, *args: str) -> list[str]:
-        """A runtime command line."""
-        return [self.executable, f"--root={self.state_root}", *args]
+        """A runtime command line: through the hybrid-cgroup wrapper only for the commands
+        that make cgroups (``create``, ``run``); crun's others work on hybrid hosts as they
+        are, and skipping the wrapper's three execs saves each about 5 ms."""
+        program = self.executable if args and args[0] in ("create", "run") else self.binary
+        return [program, f"--root={self.state_root}", *args]
 
     def call(self, *args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         """Run a runtime command; a failure is a NovaError with the runtime's message."""

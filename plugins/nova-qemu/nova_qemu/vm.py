@@ -318,16 +318,42 @@ class VmDriver(ComputeDriver):
         return ResourceStatus(ref=spec.ref, state=state)
 
     def logs(self, spec: InstanceSpec, request: LogRequest) -> Iterator[LogLine]:
-        """The serial console's output, as QEMU logged it."""
+        """The serial console's output, as QEMU logged it; with ``follow``, new output
+        as it comes until the VM stops."""
+        import codecs
+
         path = self.files(spec).serial_log
         if not path.exists():
             return
-        text = path.read_bytes().decode(errors="replace").replace("\r", "")
-        lines = [line for line in text.split("\n") if line.strip()]
-        if request.tail is not None:
-            lines = lines[-request.tail:] if request.tail else []
-        for line in lines:
-            yield LogLine(stream="stdout", text=line)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        with open(path, "rb") as handle:
+            text = decoder.decode(handle.read()).replace("\r", "")
+            pending = ""
+            if request.follow and not text.endswith("\n"):
+                text, _, pending = text.rpartition("\n")  # the rest of that line comes later
+            lines = [line for line in text.split("\n") if line.strip()]
+            if request.tail is not None:
+                lines = lines[-request.tail:] if request.tail else []
+            for line in lines:
+                yield LogLine(stream="stdout", text=line)
+            delay = 0.005
+            while request.follow:
+                data = handle.read()
+                if data:
+                    *done, pending = (pending + decoder.decode(data).replace("\r", "")).split("\n")
+                    for line in done:
+                        if line.strip():
+                            yield LogLine(stream="stdout", text=line)
+                    delay = 0.005
+                    continue
+                if self.status(spec).state not in (Lifecycle.RUNNING, Lifecycle.PAUSED):
+                    rest = pending + decoder.decode(handle.read(), final=True).replace("\r", "")
+                    for line in rest.split("\n"):
+                        if line.strip():
+                            yield LogLine(stream="stdout", text=line)
+                    return
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
 
 
 def wants_cloud_init(spec: VmSpec) -> bool:

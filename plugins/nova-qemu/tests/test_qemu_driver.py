@@ -148,6 +148,22 @@ stop_timeout = 1
         listing = json.loads(run_nova("ls", "--json", cwd=project_dir).stdout)
         assert [(i["name"], i["state"]) for i in listing] == [("cli", "paused")]
         assert run_nova("resume", "vm", "cli", cwd=project_dir).stdout == "vm.cli: running\n"
+        # logs -f: new serial output as it comes, and it ends by itself when the VM stops
+        ticks = run_nova("logs", "vm", "cli", cwd=project_dir).stdout.count("tick")
+        follower = subprocess.Popen([sys.executable, "-m", "nova_core.cli.main", "logs", "vm",
+                                     "cli", "-f"], cwd=project_dir, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+        try:
+            seen = 0
+            while seen < ticks + 2:  # two ticks the guest printed after the follower started
+                line = follower.stdout.readline()
+                assert line, follower.stderr.read()
+                seen += line.count("tick")
+            assert follower.poll() is None
+            assert run_nova("stop", "vm", "cli", "-t", "1", cwd=project_dir).returncode == 0
+            assert follower.wait(timeout=30) == 0
+        finally:
+            follower.kill()
         gone = run_nova("console", "vm", "nosuch", cwd=project_dir)
         assert gone.returncode == 1 and "Traceback" not in gone.stderr
     finally:
