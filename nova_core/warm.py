@@ -352,6 +352,7 @@ class _Helper:
         self.started = time.time()
         self.last = time.monotonic()
         self.accepting = True
+        self.learning = True
         self.listener: socket.socket | None = None
         self.inode = 0
         self.mtimes = self._module_mtimes()
@@ -371,6 +372,12 @@ class _Helper:
         listener.listen(64)
         self.listener = listener
         self.inode = os.stat(path).st_ino
+        try:  # what goes wrong in the helper itself is kept beside its socket
+            log = os.open(path + ".log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.dup2(log, 2)
+            os.close(log)
+        except OSError:
+            pass
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.learn_r, self.learn_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self.wake_w)
@@ -389,8 +396,11 @@ class _Helper:
         stdlib = sysconfig.get_paths()["stdlib"]
         found = {}
         for module in list(sys.modules.values()):
-            file = getattr(module, "__file__", None)
-            if file and not file.startswith(stdlib):
+            try:
+                file = getattr(module, "__file__", None)
+            except Exception:  # noqa: BLE001,S112 - a lazy module that imports on access
+                continue
+            if isinstance(file, str) and not file.startswith(stdlib):
                 try:
                     found[file] = os.stat(file).st_mtime_ns
                 except OSError:
@@ -417,11 +427,19 @@ class _Helper:
             pass
 
     def loop(self) -> None:
+        if self.listener is None:
+            return
+        self._loop()  # a failure leaves <socket>.log behind, with its traceback
+        try:
+            os.unlink(self.path + ".log")
+        except OSError:
+            pass
+
+    def _loop(self) -> None:
         import select
         import time
 
-        if self.listener is None:
-            return
+        assert self.listener is not None
         while self.accepting or self.children:
             watch = [self.wake_r, self.learn_r] + ([self.listener] if self.accepting else [])
             timeout = None if self.children else max(0.0, min(60.0, self.last + self.idle - time.monotonic()))
@@ -433,11 +451,11 @@ class _Helper:
                             break
                     except BlockingIOError:
                         break
-                self._reap()
+                self._guarded(self._reap)
             if self.learn_r in ready:
-                self._learn()
+                self._guarded(self._learn)
             if self.listener in ready:
-                self._accept()
+                self._guarded(self._accept)
                 self.last = time.monotonic()
             if self.accepting and not self.children:
                 if time.monotonic() - self.last >= self.idle:
@@ -449,6 +467,18 @@ class _Helper:
                     except OSError:
                         self.accepting = False
         self.listener.close()
+
+    def _guarded(self, step) -> None:  # noqa: ANN001
+        """Run one step of the loop; a failure goes to the helper's log and ends learning,
+        never the helper while commands run in it."""
+        try:
+            step()
+        except Exception:  # noqa: BLE001 - logged: <socket>.log
+            import traceback
+
+            traceback.print_exc()
+            sys.stderr.flush()
+            self.learning = False
 
     def _reap(self) -> None:
         while self.children:
@@ -476,6 +506,8 @@ class _Helper:
         try:
             data = os.read(self.learn_r, 65536)
         except BlockingIOError:
+            return
+        if not self.learning:
             return
         for name in data.decode(errors="replace").split():
             if name in sys.modules or name == "__main__":
@@ -581,7 +613,6 @@ class _Helper:
             self.listener.close()
             for other in self.children.values():
                 other.close()
-            conn.close()
             for fd in (self.wake_r, self.wake_w, self.learn_r):
                 os.close(fd)
             for target, fd in enumerate(fds):
@@ -628,4 +659,8 @@ class _Helper:
                     stream.flush()
                 except BaseException:  # noqa: BLE001,S110 - a closed pipe
                     pass
+            try:
+                conn.sendall(b"X%d\n" % code)  # also if the helper is gone meanwhile
+            except BaseException:  # noqa: BLE001,S110 - the caller went away
+                pass
             os._exit(code)

@@ -181,3 +181,26 @@ def test_off_and_other_namespaces_start_no_helper(warm: Warm) -> None:
         assert helpers(warm.folder) == [] and warm.sockets() == []
     finally:
         subprocess.run(["ip", "netns", "del", namespace], check=False)
+
+
+def test_the_command_finishes_and_reports_if_the_helper_dies(warm: Warm, nova_home: Path) -> None:
+    """The child reports its own exit status: a helper killed mid-command costs nothing."""
+    first = warm.started()
+    locks = nova_home / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / "held.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        waiting = subprocess.Popen([NOVA, "down", "-p", "held"], env=warm.env, text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            assert wait_for(lambda: warm.status()["busy"] == 1, 20), "the helper got no command"
+            os.kill(int(first["pid"]), signal.SIGKILL)
+            assert wait_for(lambda: not Path(f"/proc/{first['pid']}/cmdline").exists()
+                            or not Path(f"/proc/{first['pid']}/cmdline").read_bytes(), 10)
+            assert waiting.poll() is None  # still waiting for the lock, in the orphaned child
+            fcntl.flock(held, fcntl.LOCK_UN)
+            out, err = waiting.communicate(timeout=30)
+        finally:
+            waiting.kill()
+    assert waiting.returncode == 0, err
+    assert "project held: nothing to remove" in out
