@@ -15,6 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -117,8 +118,10 @@ def test_helper_runs_commands_with_the_callers_cwd_env_and_exit_status(
     assert cold.stdout == alpha.stdout and cold.returncode == alpha.returncode
 
 
-def test_ctrl_c_reaches_the_command_in_the_helper(warm: Warm, nova_home: Path) -> None:
-    warm.started()
+@contextmanager
+def waiting_for_a_lock(warm: Warm, nova_home: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """`nova down -p held` running in the helper, waiting for the project lock the test
+    holds; yields the caller's process and the lock file's descriptor (to release it)."""
     locks = nova_home / "locks"
     locks.mkdir(parents=True, exist_ok=True)
     with open(locks / "held.lock", "w") as held:
@@ -128,10 +131,16 @@ def test_ctrl_c_reaches_the_command_in_the_helper(warm: Warm, nova_home: Path) -
         try:
             assert wait_for(lambda: warm.status()["busy"] == 1, 20), "the helper got no command"
             time.sleep(0.3)  # the child waits for the lock now
-            waiting.send_signal(signal.SIGINT)
-            out, err = waiting.communicate(timeout=20)
+            yield waiting, held.fileno()
         finally:
             waiting.kill()
+
+
+def test_ctrl_c_reaches_the_command_in_the_helper(warm: Warm, nova_home: Path) -> None:
+    warm.started()
+    with waiting_for_a_lock(warm, nova_home) as (waiting, _lock):
+        waiting.send_signal(signal.SIGINT)
+        out, err = waiting.communicate(timeout=20)
     assert waiting.returncode == 130, (out, err)
     assert "interrupted" in err and "Traceback" not in err
     assert wait_for(lambda: warm.status()["busy"] == 0, 10)
@@ -186,21 +195,12 @@ def test_off_and_other_namespaces_start_no_helper(warm: Warm) -> None:
 def test_the_command_finishes_and_reports_if_the_helper_dies(warm: Warm, nova_home: Path) -> None:
     """The child reports its own exit status: a helper killed mid-command costs nothing."""
     first = warm.started()
-    locks = nova_home / "locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    with open(locks / "held.lock", "w") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)
-        waiting = subprocess.Popen([NOVA, "down", "-p", "held"], env=warm.env, text=True,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            assert wait_for(lambda: warm.status()["busy"] == 1, 20), "the helper got no command"
-            os.kill(int(first["pid"]), signal.SIGKILL)
-            assert wait_for(lambda: not Path(f"/proc/{first['pid']}/cmdline").exists()
-                            or not Path(f"/proc/{first['pid']}/cmdline").read_bytes(), 10)
-            assert waiting.poll() is None  # still waiting for the lock, in the orphaned child
-            fcntl.flock(held, fcntl.LOCK_UN)
-            out, err = waiting.communicate(timeout=30)
-        finally:
-            waiting.kill()
+    with waiting_for_a_lock(warm, nova_home) as (waiting, lock):
+        os.kill(int(first["pid"]), signal.SIGKILL)
+        assert wait_for(lambda: not Path(f"/proc/{first['pid']}/cmdline").exists()
+                        or not Path(f"/proc/{first['pid']}/cmdline").read_bytes(), 10)
+        assert waiting.poll() is None  # still waiting for the lock, in the orphaned child
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        out, err = waiting.communicate(timeout=30)
     assert waiting.returncode == 0, err
     assert "project held: nothing to remove" in out
