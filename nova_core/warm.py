@@ -556,12 +556,15 @@ class _Helper:
         if fields[0] == "" and len(fields) == 2:
             self._control(conn, fields[1])
             return
-        if fields[0] != self.key or len(fds) != 3 or self._stale():
+        if len(fields) < 4 or fields[0] != self.key or len(fds) != 3 or self._stale():
             if fields[0] == self.key:
                 self._stop_accepting()  # code changed on disk: the next command starts a new helper
             for fd in fds:
                 os.close(fd)
-            conn.sendall(b"R\n")
+            try:
+                conn.sendall(b"R\n")
+            except OSError:
+                pass  # a probe (another helper checking that this one lives) does not wait
             conn.close()
             return
         cwd, umask, count = fields[1], int(fields[2]), int(fields[3])
