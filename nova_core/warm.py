@@ -169,9 +169,9 @@ class _Reply:
         return line
 
 
-def run(args: list[str]) -> int | None:
-    """Run ``nova ARGS`` in a warm helper; its exit status, or None when no helper took it."""
-    text = key()
+def run(args: list[str], text: str) -> int | None:
+    """Run ``nova ARGS`` in the warm helper of the key ``text``; its exit status, or None
+    when no helper took it."""
     sock = _connect(socket_path(text))
     if sock is None:
         return None
@@ -236,11 +236,10 @@ def _forward_signals(child: int):  # -> Callable[[], None]
     return undo
 
 
-def spawn() -> None:
-    """Start a helper for this caller's key in the background, unless one is starting."""
+def spawn(text: str) -> None:
+    """Start a helper for the key ``text`` in the background, unless one is starting."""
     import time
 
-    text = key()
     path = socket_path(text)
     try:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)

@@ -25,19 +25,20 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:
         from nova_core import warm
 
+        text = None  # the helper's key: None when this command runs without one
         try:
-            use_warm = warm.eligible(args)
-            code = warm.run(args) if use_warm else None
+            text = warm.key() if warm.eligible(args) else None
+            code = warm.run(args, text) if text is not None else None
         except Exception:  # noqa: BLE001 - the helper is only a speed-up: run here instead
-            use_warm, code = False, None
+            text, code = None, None
         if code is not None:
             return code
         try:
             return run(args)
         finally:
-            if use_warm:
+            if text is not None:
                 try:
-                    warm.spawn()
+                    warm.spawn(text)
                 except Exception:  # noqa: BLE001,S110 - no helper next time, that is all
                     pass
     return run(args)
