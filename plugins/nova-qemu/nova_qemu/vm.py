@@ -331,7 +331,7 @@ class VmDriver(ComputeDriver):
             pending = ""
             if request.follow and not text.endswith("\n"):
                 text, _, pending = text.rpartition("\n")  # the rest of that line comes later
-            lines = [line for line in text.split("\n") if line.strip()]
+            lines = _serial_lines(text)
             if request.tail is not None:
                 lines = lines[-request.tail:] if request.tail else []
             for line in lines:
@@ -340,20 +340,23 @@ class VmDriver(ComputeDriver):
             while request.follow:
                 data = handle.read()
                 if data:
-                    *done, pending = (pending + decoder.decode(data).replace("\r", "")).split("\n")
-                    for line in done:
-                        if line.strip():
-                            yield LogLine(stream="stdout", text=line)
+                    done, _, pending = (pending + decoder.decode(data).replace("\r", "")).rpartition("\n")
+                    for line in _serial_lines(done):
+                        yield LogLine(stream="stdout", text=line)
                     delay = 0.005
                     continue
                 if self.status(spec).state not in (Lifecycle.RUNNING, Lifecycle.PAUSED):
                     rest = pending + decoder.decode(handle.read(), final=True).replace("\r", "")
-                    for line in rest.split("\n"):
-                        if line.strip():
-                            yield LogLine(stream="stdout", text=line)
+                    for line in _serial_lines(rest):
+                        yield LogLine(stream="stdout", text=line)
                     return
                 time.sleep(delay)
                 delay = min(delay * 2, 0.1)
+
+
+def _serial_lines(text: str) -> list[str]:
+    """The lines of serial output worth showing (not blank)."""
+    return [line for line in text.split("\n") if line.strip()]
 
 
 def wants_cloud_init(spec: VmSpec) -> bool:
