@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
@@ -571,20 +572,55 @@ def run(app: App, file: str | None, wait: bool, remove: bool, kind: str, name: s
         declared = sorted(k for k in loaded.specs if k.startswith(kind + "."))
         raise NovaError(f"{key} is not declared in {loaded.path}",
                         hint=f"declared {kind}s: {', '.join(declared) or 'none'}")
+
+    def remove_it() -> None:  # under the project's lock
+        app.engine.apply(app.engine.down_plan(loaded.project, [key]),
+                         command=f"nova down {name}")
+
+    def take_down() -> None:
+        with app.lock(loaded.project):
+            remove_it()
+
+    attached = None
     with app.lock(loaded.project):
         plan = app.engine.plan(loaded, [key], render=False)
         if plan.changes:
             reporter = None if (wait or remove) else _LineReporter()
-            app.engine.apply(plan, reporter, command=f"nova run {kind} {name}")
+            try:  # a throwaway instance runs attached to this process where its driver can
+                report = app.engine.apply(plan, reporter, command=f"nova run {kind} {name}",
+                                          attach=frozenset({key} if remove else ()))
+            except NovaError:
+                if remove:  # --rm promises that the instance does not stay, started or not
+                    with contextlib.suppress(NovaError):
+                        remove_it()
+                raise
+            attached = report.attached.get(key)
     if not (wait or remove):
         row = app.engine.store.resource(loaded.project, kind, name)
         click.echo(f"{key}: {row.state if row else 'unknown'}")
         return
-    code = _wait_and_show(app, loaded.project, kind, name)
+    if attached is None:
+        code = _wait_and_show(app, loaded.project, kind, name)
+    else:
+        def relay() -> None:
+            for line in attached.output():
+                click.echo(line.text, err=line.stream == "stderr")
+
+        try:
+            relay()
+            code = attached.wait()
+        except KeyboardInterrupt:  # Ctrl-C ends a throwaway run: stop it, then remove it
+            from nova_core.drivers.models import ResourceKind
+
+            spec, driver = app.engine.instance(loaded.project, ResourceKind(kind), name)
+            with app.lock(loaded.project):
+                app.engine.stop_instance(spec, driver)
+            relay()  # its last words
+            attached.wait()
+            take_down()
+            raise
     if remove:
-        with app.lock(loaded.project):
-            down = app.engine.down_plan(loaded.project, [key])
-            app.engine.apply(down, command=f"nova down {name}")
+        take_down()
     raise click.exceptions.Exit(code)
 
 

@@ -19,6 +19,27 @@ from nova_core.drivers.models import (
 from nova_core.errors import NovaError
 
 
+class AttachedRun(abc.ABC):
+    """An instance started by :meth:`ComputeDriver.start_attached`: it runs once, with
+    this process as its monitor, for one-shot runs such as ``nova run --rm``.
+
+    ``status`` is its state right after the start. :meth:`output` yields its output
+    lines as they come until its main process exits; :meth:`wait` then returns the
+    exit status, once the driver has recorded it and cleaned up after the run (as it
+    does for an instance that exits on its own).
+    """
+
+    status: ResourceStatus
+
+    @abc.abstractmethod
+    def output(self) -> Iterator[LogLine]:
+        """The instance's output, as it comes, until its main process exits."""
+
+    @abc.abstractmethod
+    def wait(self) -> int:
+        """Wait for the main process to exit; its exit status (128+N for signal N)."""
+
+
 class ComputeDriver(Driver):
     """Runs instances: VMs, containers, or both (``instance_kinds``).
 
@@ -71,6 +92,17 @@ class ComputeDriver(Driver):
     @abc.abstractmethod
     def logs(self, spec: InstanceSpec, request: LogRequest) -> Iterator[LogLine]:
         """Yield the instance's output lines; with ``request.follow``, keep yielding."""
+
+    def start_attached(self, spec: InstanceSpec) -> AttachedRun | None:
+        """Start a created instance for one run whose output and exit status come back to
+        this process, without the monitor that keeps a detached instance (``nova run --rm``).
+
+        The instance is otherwise what :meth:`start` makes: :meth:`status`, :meth:`logs`,
+        :meth:`stop` and :meth:`delete` work on it while it runs. If this process dies,
+        the instance may lose its output. Return None when the driver cannot, or not for
+        this spec: the caller then uses :meth:`start` and follows :meth:`logs`.
+        """
+        return None
 
     def pause(self, spec: InstanceSpec) -> ResourceStatus:
         """Freeze a running instance in place (``paused``); :meth:`resume` lets it go on.

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from nova_core.drivers.base import Driver, DriverContext
-from nova_core.drivers.compute import ComputeDriver
+from nova_core.drivers.compute import AttachedRun, ComputeDriver
 from nova_core.drivers.device import DeviceDriver
 from nova_core.drivers.models import (
     DRIVER_KIND_OF,
@@ -78,6 +78,7 @@ class ApplyReport:
 
     applied: list[PlanStep] = field(default_factory=list)
     seconds: float = 0.0
+    attached: dict[str, AttachedRun] = field(default_factory=dict)  # key -> its run
 
 
 def device_driver_for(address: str) -> str:
@@ -317,10 +318,13 @@ class Engine:
             raise NovaError("cannot apply:\n" + "\n".join(f"  - {p}" for p in problems))
 
     def apply(self, plan: Plan, reporter: Reporter | None = None,
-              command: str = "nova up") -> ApplyReport:
+              command: str = "nova up", attach: frozenset[str] = frozenset()) -> ApplyReport:
         """Run the plan's changes in order; stop at the first failure with :class:`ApplyError`.
 
         :param command: what the user runs to try again, for the error's hint.
+        :param attach: keys of instances to start attached to this process where their
+            driver can (:meth:`ComputeDriver.start_attached`); the report's ``attached``
+            holds their runs.
         """
         from nova_core.secrets import mask, secret_values
 
@@ -333,7 +337,7 @@ class Engine:
             reporter.step_started(step, index, len(changes))
             begun = time.monotonic()
             try:
-                self._apply_step(step)
+                self._apply_step(step, report.attached if step.ref.key in attach else None)
             except Exception as error:
                 message = error.message if isinstance(error, NovaError) else (
                     f"{type(error).__name__}: {error}")
@@ -350,7 +354,7 @@ class Engine:
         report.seconds = time.monotonic() - started
         return report
 
-    def _apply_step(self, step: PlanStep) -> None:
+    def _apply_step(self, step: PlanStep, attached: dict[str, AttachedRun] | None) -> None:
         if step.action == "delete":
             assert step.recorded is not None
             self._remove(step.recorded)
@@ -358,15 +362,15 @@ class Engine:
             assert step.spec is not None
             # an unreadable recorded spec (e.g. after a plugin upgrade) is removed by ref
             self._remove(step.recorded or step.spec, quiet=step.recorded is None)
-            self._make(step.spec)
+            self._make(step.spec, attached)
         elif step.action == "create":
             assert step.spec is not None
             if step.resume:
                 self._remove(step.recorded or step.spec, quiet=True)
-            self._make(step.spec)
+            self._make(step.spec, attached)
         elif step.action == "update":
             assert step.spec is not None
-            self._update(step)
+            self._update(step, attached)
 
     # -- the driver calls, each recorded -------------------------------------------
     def _event(self, phase: str, action: str, spec: ResourceSpec, error: str | None = None) -> None:
@@ -444,7 +448,9 @@ class Engine:
                                     spec.driver, specmod.spec_json(spec), specmod.spec_hash(spec),
                                     Lifecycle.CREATING.value)
 
-    def _make(self, spec: ResourceSpec) -> None:
+    def _make(self, spec: ResourceSpec, attached: dict[str, AttachedRun] | None = None) -> None:
+        """Create the resource and, for an instance, start it (attached when ``attached``
+        is given and the driver can: its run is put there under the instance's key)."""
         self._record_intent(spec)
         driver = self.driver_for(spec)
         if isinstance(driver, ComputeDriver):
@@ -456,12 +462,26 @@ class Engine:
                        lambda status: (Lifecycle.CREATING.value, status.detail, status.data),
                        making=True)
             spec = self._attach_networks(spec)
-            self._call("start", spec, lambda: driver.start(spec), self._status_record,
-                       making=True)
+            self._start(spec, driver, attached, making=True)
         else:
             assert isinstance(driver, NetworkDriver | StorageDriver)
             self._call("create", spec, lambda: driver.create(spec),  # type: ignore[arg-type]
                        self._status_record, making=True)
+
+    def _start(self, spec: InstanceSpec, driver: ComputeDriver,
+               attached: dict[str, AttachedRun] | None, making: bool = False) -> None:
+        """Start an instance and record it; attached to this process when ``attached`` is
+        given and the driver can (the run is put there under the instance's key)."""
+
+        def start() -> ResourceStatus:
+            run = driver.start_attached(spec) if attached is not None else None
+            if run is None:
+                return driver.start(spec)
+            assert attached is not None
+            attached[spec.ref.key] = run
+            return run.status
+
+        self._call("start", spec, start, self._status_record, making=making)
 
     def _wait_for_dependencies(self, spec: InstanceSpec) -> None:
         """Wait until every dependency with a health check passes it (or fail clearly)."""
@@ -568,7 +588,7 @@ class Engine:
             names.add("vfio")
         return sorted(names)
 
-    def _update(self, step: PlanStep) -> None:
+    def _update(self, step: PlanStep, attached: dict[str, AttachedRun] | None = None) -> None:
         spec = step.spec
         assert spec is not None
         driver = self.driver_for(spec)
@@ -581,7 +601,7 @@ class Engine:
             live = spec.model_copy(update={"attachments": recorded.attachments,
                                            "assigned_devices": recorded.assigned_devices})
             if step.start_only:
-                self._call("start", live, lambda: driver.start(live), self._status_record)
+                self._start(live, driver, attached)
                 return
         status = self._call("update", live,
                             lambda: driver.update(live, step.changed))  # type: ignore[attr-defined]

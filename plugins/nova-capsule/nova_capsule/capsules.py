@@ -159,6 +159,19 @@ class CapsuleFiles:
         tmp.write_text(json.dumps(asdict(meta), indent=1))
         os.replace(tmp, self.meta_path)
 
+    def is_current_run(self, run_id: str) -> bool:
+        """True while ``run_id`` is the capsule's current run and Nova did not stop it."""
+        try:
+            return (self.exists() and not self.stopping.exists() and
+                    self.run_id.read_text() == run_id)
+        except OSError:
+            return False
+
+    def record_exit(self, capsule_id: str, code: int) -> None:
+        """Record the exit code of the last run, as conmon does."""
+        self.exits.mkdir(exist_ok=True)
+        (self.exits / capsule_id).write_text(str(code))
+
     def exit_code(self, capsule_id: str) -> int | None:
         """The exit code conmon recorded for the last run, if any."""
         try:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from nova_capsule import bundle as bundlemod
 from nova_capsule import idmap
+from nova_capsule.attached import CapsuleRun
 from nova_capsule.capsules import (
     UID_COUNT,
     CapsuleFiles,
@@ -25,12 +26,18 @@ from nova_capsule.capsules import (
     teardown,
 )
 from nova_capsule.cgroups import cgroup_path, remove_cgroup
-from nova_capsule.runtime import Runtime, find_runtime, launch_with_conmon, run_root
+from nova_capsule.runtime import (
+    Runtime,
+    find_runtime,
+    launch_attached,
+    launch_with_conmon,
+    run_root,
+)
 
 if TYPE_CHECKING:
     from nova_capsule.store import ImageConfig
 from nova_core.drivers.base import DriverContext
-from nova_core.drivers.compute import ComputeDriver
+from nova_core.drivers.compute import AttachedRun, ComputeDriver
 from nova_core.drivers.models import (
     ContainerSpec,
     DriverOptions,
@@ -321,25 +328,11 @@ class CapsuleDriver(ComputeDriver):
     def start(self, spec: InstanceSpec) -> ResourceStatus:
         """Mount the root filesystem and start the capsule under a new conmon."""
         with CapsuleLock(self.context.nova_home, self._id(spec)):
-            assert isinstance(spec, ContainerSpec)
-            files = self.files(spec)
-            if not files.exists():
-                raise NovaError(f"{spec.ref.key} does not exist", hint="nova up creates it")
-            meta = files.read()
-            runtime = self._runtime(spec)
-            state = runtime.state(meta.id)
-            if state and state.get("status") == "running":
+            prepared = self._prepare_run(spec)
+            if prepared is None:
                 return self.status(spec)
-            if state is not None:
-                runtime.remove(meta.id)
+            files, meta, runtime, run_id = prepared
             try:
-                files.mount(meta, self._layer_dirs(meta))
-                self._pin(spec, files, meta.uid_base)  # again after a reboot cleared /run
-                self._write_config(spec, files, meta)
-                files.stopping.unlink(missing_ok=True)
-                run_id = os.urandom(8).hex()
-                files.run_id.write_text(run_id)
-                (files.root / "conmon.pid").unlink(missing_ok=True)  # not an earlier run's
                 launch_with_conmon(runtime, meta.id, files.root, files.log, files.exits,
                                    run_root(self.context.nova_home) / "sock",
                                    exit_command=exit_command(self.context.nova_home,
@@ -347,11 +340,68 @@ class CapsuleDriver(ComputeDriver):
                                                               run_id))
                 runtime.call("start", meta.id)
             except BaseException:
-                files.run_id.unlink(missing_ok=True)  # any exit hook of this run is now stale
-                self._kill_monitor(files)
-                self._teardown(runtime, meta, files)
+                self._abort_run(files, meta, runtime)
                 raise
             return self.status(spec)
+
+    def start_attached(self, spec: InstanceSpec) -> AttachedRun | None:
+        """Run the capsule once as a child of this process, without conmon: the runtime's
+        ``run``, its output relayed (and logged as conmon logs it), its exit code recorded
+        and the capsule cleaned up by :meth:`CapsuleRun.wait`. Capsules with a restart
+        policy keep their monitor (None: the caller starts them the usual way)."""
+        assert isinstance(spec, ContainerSpec)
+        if spec.restart != "no":
+            return None
+        with CapsuleLock(self.context.nova_home, self._id(spec)):
+            prepared = self._prepare_run(spec)
+            if prepared is None:
+                return None
+            files, meta, runtime, run_id = prepared
+            try:
+                process = launch_attached(runtime, meta.id, files.root)
+            except BaseException:
+                self._abort_run(files, meta, runtime)
+                raise
+            status = ResourceStatus(ref=spec.ref, state=Lifecycle.RUNNING,
+                                    data={"uid_base": str(meta.uid_base), "image": meta.image,
+                                          "pid": (files.root / "pidfile").read_text().strip()})
+            return CapsuleRun(self.context.nova_home, files, meta, runtime, run_id, process,
+                              status)
+
+    def _prepare_run(self, spec: InstanceSpec) -> tuple[CapsuleFiles, CapsuleMeta, Runtime,
+                                                        str] | None:
+        """Everything a start does before launching (the caller holds the capsule's lock):
+        the root filesystem mounted, namespaces pinned, the bundle's config written and a
+        new run id recorded. None if the capsule is already running."""
+        assert isinstance(spec, ContainerSpec)
+        files = self.files(spec)
+        if not files.exists():
+            raise NovaError(f"{spec.ref.key} does not exist", hint="nova up creates it")
+        meta = files.read()
+        runtime = self._runtime(spec)
+        state = runtime.state(meta.id)
+        if state and state.get("status") == "running":
+            return None
+        if state is not None:
+            runtime.remove(meta.id)
+        try:
+            files.mount(meta, self._layer_dirs(meta))
+            self._pin(spec, files, meta.uid_base)  # again after a reboot cleared /run
+            self._write_config(spec, files, meta)
+            files.stopping.unlink(missing_ok=True)
+            run_id = os.urandom(8).hex()
+            files.run_id.write_text(run_id)
+            (files.root / "conmon.pid").unlink(missing_ok=True)  # not an earlier run's
+        except BaseException:
+            self._abort_run(files, meta, runtime)
+            raise
+        return files, meta, runtime, run_id
+
+    def _abort_run(self, files: CapsuleFiles, meta: CapsuleMeta, runtime: Runtime) -> None:
+        """Undo a start that failed part way: nothing of the run may stay behind."""
+        files.run_id.unlink(missing_ok=True)  # any exit hook of this run is now stale
+        self._kill_monitor(files)
+        self._teardown(runtime, meta, files)
 
     def exec_argv(self, spec: InstanceSpec, command: list[str], tty: bool = False) -> list[str]:
         """The runtime command line that runs ``command`` in the running capsule."""

@@ -37,7 +37,7 @@ def _handle(nova_home: Path, project: str, name: str, run_id: str) -> int:
     if not run_root(nova_home).is_dir():  # everything was torn down (e.g. after a reboot)
         return 0
     files = capsule_files(nova_home, project, name)
-    if not _current(files, run_id):
+    if not files.is_current_run(run_id):
         return 0
     meta = files.read()
     code = files.exit_code(meta.id)
@@ -46,18 +46,9 @@ def _handle(nova_home: Path, project: str, name: str, run_id: str) -> int:
     if restart:  # wait outside the lock, so that a stop meanwhile is not held up
         time.sleep(min(0.1 * 2 ** min(meta.restarts + 1, 10), RESTART_BACKOFF_MAX))
     with CapsuleLock(nova_home, capsule_id(project, name), create=False):
-        if not _current(files, run_id):  # stopped, restarted or removed meanwhile
+        if not files.is_current_run(run_id):  # stopped, restarted or removed meanwhile
             return 0
         return _after_exit(nova_home, project, name, restart, code)
-
-
-def _current(files, run_id: str) -> bool:  # noqa: ANN001
-    """True while this hook's run is the capsule's current one and Nova did not stop it."""
-    try:
-        return (files.exists() and not files.stopping.exists() and
-                files.run_id.read_text() == run_id)
-    except OSError:
-        return False
 
 
 def _after_exit(nova_home: Path, project: str, name: str, restart: bool, code: int | None) -> int:

@@ -168,3 +168,35 @@ def launch_with_conmon(runtime: Runtime, capsule_id: str, bundle: Path, log: Pat
         raise NovaError(f"{runtime.name} could not create the capsule: "
                         f"{answer.get('message', 'no message').strip()}")
     return pid
+
+
+def launch_attached(runtime: Runtime, capsule_id: str, bundle: Path,
+                    timeout: float = 30.0) -> subprocess.Popen[bytes]:
+    """``runtime run`` the container as a child of this process, its stdout and stderr on
+    pipes (no conmon: for one-shot runs whose caller stays, ``nova run --rm``).
+
+    Returns once the container was created (the runtime wrote its pid file), so that a
+    failure to create it (a missing executable, say) is an error here, as it is for
+    :func:`launch_with_conmon`, and not the exit status of a run. The runtime runs in
+    its own session: the terminal's Ctrl-C reaches the caller, which decides.
+    """
+    pidfile = bundle / "pidfile"
+    pidfile.unlink(missing_ok=True)
+    process = subprocess.Popen(runtime.argv("run", "--bundle", str(bundle),
+                                            f"--pid-file={pidfile}", capsule_id),
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while not pidfile.exists():  # polled each millisecond: creating takes 10-20
+        if process.poll() is not None and not pidfile.exists():
+            message = process.stderr.read().decode(errors="replace").strip().splitlines()
+            process.stdout.close()
+            process.stderr.close()
+            raise NovaError(f"{runtime.name} could not create the capsule: "
+                            f"{message[-1] if message else f'exit status {process.returncode}'}")
+        if time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            raise NovaError(f"{runtime.name} did not create {capsule_id} within {timeout:.0f} s")
+        time.sleep(0.001)
+    return process

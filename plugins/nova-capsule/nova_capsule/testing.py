@@ -32,6 +32,38 @@ APPLETS = ("sh", "true", "false", "echo", "cat", "ls", "sleep", "id", "ps", "hos
            "httpd", "wget", "nslookup")
 
 
+def capsule_leftovers(nova_home: Path) -> list[str]:
+    """Mounts, conmon and runtime processes, and capsule cgroups that belong to
+    ``nova_home``: after a test (or a failed command) this must be empty."""
+    import os
+
+    from nova_capsule.capsules import capsule_id
+    from nova_capsule.cgroups import cgroup_dirs
+    from nova_capsule.runtime import run_root
+
+    found = []
+    home = str(nova_home.resolve())
+    with open("/proc/self/mountinfo") as handle:
+        found += [line.split()[4] for line in handle if home in line.split()[4]]
+    markers = (home, str(run_root(nova_home)))
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            program = os.path.basename(cmdline.split("\0", 1)[0])
+            if program in ("conmon", "crun", "runc", "crun-hybrid") and \
+                    any(marker in cmdline for marker in markers):
+                found.append(f"{program} pid {pid}")
+    capsules = nova_home / "drivers" / "capsule" / "capsules"
+    if capsules.is_dir():
+        for project in capsules.iterdir():
+            for name in project.iterdir():
+                found += [str(p) for p in cgroup_dirs(capsule_id(project.name, name.name))]
+    return found
+
+
 def free_port() -> int:
     """A free TCP port on 127.0.0.1."""
     with socket.socket() as sock:

@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from nova_capsule.testing import LocalRegistry, busybox_layer, image_config, push_image
+from nova_capsule.testing import (
+    LocalRegistry,
+    busybox_layer,
+    capsule_leftovers,
+    image_config,
+    push_image,
+)
+
+
+@pytest.fixture(autouse=True)
+def _nothing_leaks(nova_home: Path) -> Iterator[None]:
+    """No mount, cgroup, conmon or runtime process of the test's NOVA_HOME outlives it."""
+    yield
+    deadline = time.monotonic() + 5
+    while capsule_leftovers(nova_home) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert capsule_leftovers(nova_home) == []
 
 
 @pytest.fixture(scope="session")

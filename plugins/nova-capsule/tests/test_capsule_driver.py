@@ -1,7 +1,8 @@
 """The capsule driver against the real crun, conmon, overlayfs and registry.
 
-Each test uses its own NOVA_HOME and project name; an autouse fixture checks
-that no mount, cgroup or conmon process of that NOVA_HOME outlives the test.
+Each test uses its own NOVA_HOME and project name; an autouse fixture (conftest)
+checks that no mount, cgroup, conmon or runtime process of that NOVA_HOME outlives
+the test.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from nova_capsule import idmap
 from nova_capsule.cgroups import cgroup_dirs
 from nova_capsule.driver import CapsuleDriver, capsule_id
 from nova_capsule.runtime import run_root
+from nova_capsule.testing import capsule_leftovers
 
 from nova_core.drivers.base import DriverContext
 from nova_core.drivers.models import ContainerSpec, ResourceKind, ResourceRef
@@ -25,37 +27,6 @@ from nova_core.errors import NovaError
 from nova_core.testing.contracts import ComputeDriverContract
 
 LOOP = "trap 'exit 0' TERM; echo started; while true; do sleep 0.1; done"
-
-
-def leftovers(nova_home: Path) -> list[str]:
-    """Mounts, conmon processes and cgroups that belong to ``nova_home``."""
-    found = []
-    home = str(nova_home.resolve())
-    with open("/proc/self/mountinfo") as handle:
-        found += [line.split()[4] for line in handle if home in line.split()[4]]
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-            except OSError:
-                continue
-            if os.path.basename(cmdline.split("\0", 1)[0]) == "conmon" and home in cmdline:
-                found.append(f"conmon pid {pid}")
-    capsules = nova_home / "drivers" / "capsule" / "capsules"
-    if capsules.is_dir():
-        for project in capsules.iterdir():
-            for name in project.iterdir():
-                found += [str(p) for p in cgroup_dirs(capsule_id(project.name, name.name))]
-    return found
-
-
-@pytest.fixture(autouse=True)
-def _nothing_leaks(nova_home: Path) -> Iterator[None]:
-    yield
-    deadline = time.monotonic() + 5
-    while leftovers(nova_home) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert leftovers(nova_home) == []
 
 
 @pytest.fixture
@@ -237,7 +208,7 @@ def test_failed_start_leaves_nothing_running(driver: CapsuleDriver, tmp_path: Pa
     try:
         with pytest.raises(NovaError):
             driver.start(spec)
-        assert leftovers(capsule_home) == []
+        assert capsule_leftovers(capsule_home) == []
     finally:
         driver.delete(spec)
 
