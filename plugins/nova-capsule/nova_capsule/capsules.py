@@ -240,7 +240,7 @@ class CapsuleFiles:
     def remove(self) -> None:
         """Unmount and delete the folders (and the project's folder once empty)."""
         self.unmount()
-        if idmap.is_mounted(self.rootfs) or idmap.is_mounted(self.rw):
+        if idmap.mounted_among([self.rootfs, self.rw]):
             raise NovaError(f"{self.rootfs} is still mounted; not removing the capsule's files")
         shutil.rmtree(self.root, ignore_errors=True)
         shutil.rmtree(self.run_dir, ignore_errors=True)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
-from nova_core.hostinfo.cgroups import read_cgroup_layout
+from nova_core.hostinfo.cgroups import CgroupLayout, read_cgroup_layout
 
 PARENT = "nova"
+
+
+@functools.cache
+def host_cgroup_layout() -> CgroupLayout:
+    """The host's cgroup layout, read once per process (it is set up at boot)."""
+    return read_cgroup_layout()
 
 
 def cgroup_path(capsule_id: str) -> str:
@@ -17,7 +24,7 @@ def cgroup_path(capsule_id: str) -> str:
 
 def cgroup_dirs(capsule_id: str, root: Path = Path("/sys/fs/cgroup")) -> list[Path]:
     """Every folder the capsule's cgroup has: one per v1 controller, or one in v2."""
-    layout = read_cgroup_layout()
+    layout = host_cgroup_layout()
     found = []
     if layout.mode == "v2" and layout.v2_mount:
         found.append(Path(layout.v2_mount) / PARENT / capsule_id)

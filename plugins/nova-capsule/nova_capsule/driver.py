@@ -521,13 +521,13 @@ class CapsuleDriver(ComputeDriver):
         with CapsuleLock(self.context.nova_home, self._id(spec)):
             files = self.files(spec)
             capsule = self._id(spec)
-            if files.exists():
+            if files.exists():  # the stop tears down the runtime's state, mounts and cgroup
                 self.stop(spec, spec.stop_timeout if spec.stop_timeout < 5 else 5)
             else:
                 self._runtime(spec).remove(capsule)
+                remove_cgroup(capsule)
             self._unpin(spec, files)
             files.remove()
-            remove_cgroup(capsule)
             self._uids().release(capsule)
 
     def status(self, spec: InstanceSpec) -> ResourceStatus:

@@ -21,8 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from nova_capsule.cgroups import host_cgroup_layout
 from nova_core.errors import NovaError
-from nova_core.hostinfo.cgroups import read_cgroup_layout
 from nova_core.names import home_digest
 
 RUNTIMES = ("crun", "runc")
@@ -91,7 +91,7 @@ def find_runtime(preferred: str, nova_home: Path) -> Runtime:
         state_root = run_root(nova_home) / name
         state_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         executable = binary
-        layout = read_cgroup_layout()
+        layout = host_cgroup_layout()
         if name == "crun" and layout.mode == "hybrid" and layout.v2_mount:
             executable = str(_hybrid_wrapper(binary, layout.v2_mount, run_root(nova_home)))
         return Runtime(name, binary, executable, state_root)

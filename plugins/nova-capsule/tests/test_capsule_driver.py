@@ -485,3 +485,30 @@ def test_device_nodes_and_a_cdi_gpu(driver: CapsuleDriver, tmp_path: Path,
     with pytest.raises(NovaError, match="gpu = true but this host has no GPU"):
         driver.create(nogpu)
     assert driver.status(nogpu).state.value == "missing"
+
+
+@pytest.mark.parametrize("make_namespace", [idmap.user_namespace_fd,
+                                            idmap._user_namespace_fd_forked],
+                         ids=["cloned-holder", "forked-holder"])
+def test_idmapped_bind_maps_root_to_the_range(tmp_path: Path, make_namespace) -> None:  # noqa: ANN001
+    """Both ways of making the mapping's user namespace (the CLONE_VM holder and the fork
+    it falls back to) give a mount where host root's files belong to the range's base."""
+    source, target = tmp_path / "src", tmp_path / "dst"
+    source.mkdir()
+    target.mkdir()
+    (source / "file").write_text("x")
+    os.chown(source / "file", 0, 0)
+    os.chown(source, 1000, 1000)
+    fd = make_namespace(300_000, 65_536)
+    try:
+        idmap.idmapped_bind(source, target, fd)
+    finally:
+        os.close(fd)
+    try:
+        assert (target / "file").stat().st_uid == 300_000
+        assert (target / "file").stat().st_gid == 300_000
+        assert target.stat().st_uid == 301_000  # uid 1000 is mapped too, not only root
+        assert idmap.mounted_among([source, target]) == [target]
+    finally:
+        idmap.unmount(target)
+    assert not idmap.is_mounted(target)
