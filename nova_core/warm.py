@@ -317,10 +317,25 @@ def serve() -> None:
 
 
 def _warm_up() -> None:
-    """Do once here what every child would do again: scan entry points, build models."""
+    """Do once here what every child would do again: scan entry points, build models.
+
+    Then freeze what the helper holds out of the garbage collector's reach: a child's
+    collections would otherwise visit (and so write to, copying on write) every page
+    of the helper's objects.
+    """
+    import gc
+
     from nova_core.plugins import scan_entry_points
 
     scan_entry_points()
+    try:
+        _build_models()
+    finally:
+        gc.collect()
+        gc.freeze()
+
+
+def _build_models() -> None:
     try:
         from pydantic import BaseModel
     except ImportError:
