@@ -82,6 +82,25 @@ class ComputeDriverContract:
         driver.delete(instance_spec)
         assert driver.status(instance_spec).state is Lifecycle.MISSING
 
+    def test_an_attached_run_is_an_instance_like_any_other(self, driver: ComputeDriver,
+                                                           instance_spec: InstanceSpec) -> None:
+        """``start_attached`` may decline (None, starting nothing). A run it returns is a
+        running instance that ``stop`` ends; ``wait`` then gives an exit status and the
+        instance is stopped, ready for ``delete``."""
+        driver.create(instance_spec)
+        run = driver.start_attached(instance_spec)
+        if run is None:
+            assert driver.status(instance_spec).state is not Lifecycle.RUNNING
+            return
+        assert run.status.state is Lifecycle.RUNNING
+        assert driver.status(instance_spec).state is Lifecycle.RUNNING
+        driver.stop(instance_spec, 5.0)
+        assert all(isinstance(line, LogLine) for line in run.output())
+        assert isinstance(run.wait(), int)
+        assert driver.status(instance_spec).state is Lifecycle.STOPPED
+        driver.delete(instance_spec)
+        assert driver.status(instance_spec).state is Lifecycle.MISSING
+
     def test_create_again_after_a_crash_is_safe(self, driver: ComputeDriver,
                                                 instance_spec: InstanceSpec) -> None:
         driver.create(instance_spec)
