@@ -42,6 +42,8 @@ from nova_capsule.runtime import find_runtime, run_root
 from nova_capsule.testing import LocalRegistry, busybox_layer, image_config, push_image
 from timing import helper_rss_kib, median_seconds, warm_helper
 
+from nova_core.testing.processes import find_processes
+
 PODMAN_LIMITS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
 
 
@@ -55,16 +57,7 @@ def rss_kib(pid: int) -> int:
 
 def conmon_pids(marker: str) -> list[int]:
     """PIDs of conmon processes whose command line contains ``marker``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                cmd = Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace")
-            except OSError:
-                continue
-            if os.path.basename(cmd.split("\0", 1)[0]) == "conmon" and marker in cmd:
-                found.append(int(entry))
-    return found
+    return [pid for pid, _ in find_processes(("conmon",), marker)]
 
 
 def crun_floor(tmp: Path, layer: bytes, runs: int) -> float:

@@ -86,3 +86,24 @@ class TestLocalStorage(StorageDriverContract):
         (path / "keep.txt").write_text("kept")
         storage_driver.create(volume_spec)
         assert (path / "keep.txt").read_text() == "kept"
+
+
+def test_find_processes_sees_a_process_by_program_and_marker(tmp_path) -> None:  # noqa: ANN001
+    """The leftover checks of the plugins' tests rely on this finding real processes."""
+    import os
+    import subprocess
+    import sys
+
+    from nova_core.testing.processes import find_processes
+
+    marker = f"nova-marker-{tmp_path.name}"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", marker])
+    try:
+        program = os.path.basename(sys.executable)
+        assert (sleeper.pid, program) in find_processes((program,), marker)
+        assert (sleeper.pid, program) in find_processes((program[:3] + "*",), marker)
+        assert find_processes(("conmon",), marker) == []
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert find_processes((program,), marker) == []

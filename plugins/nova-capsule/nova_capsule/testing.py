@@ -35,27 +35,19 @@ APPLETS = ("sh", "true", "false", "echo", "cat", "ls", "sleep", "id", "ps", "hos
 def capsule_leftovers(nova_home: Path) -> list[str]:
     """Mounts, conmon and runtime processes, and capsule cgroups that belong to
     ``nova_home``: after a test (or a failed command) this must be empty."""
-    import os
 
     from nova_capsule.capsules import capsule_id
     from nova_capsule.cgroups import cgroup_dirs
     from nova_capsule.runtime import run_root
+    from nova_core.testing.processes import find_processes
 
     found = []
     home = str(nova_home.resolve())
     with open("/proc/self/mountinfo") as handle:
         found += [line.split()[4] for line in handle if home in line.split()[4]]
-    markers = (home, str(run_root(nova_home)))
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-            except OSError:
-                continue
-            program = os.path.basename(cmdline.split("\0", 1)[0])
-            if program in ("conmon", "crun", "runc", "crun-hybrid") and \
-                    any(marker in cmdline for marker in markers):
-                found.append(f"{program} pid {pid}")
+    for marker in (home, str(run_root(nova_home))):
+        found += [f"{program} pid {pid}" for pid, program in
+                  find_processes(("conmon", "crun", "runc", "crun-hybrid"), marker)]
     capsules = nova_home / "drivers" / "capsule" / "capsules"
     if capsules.is_dir():
         for project in capsules.iterdir():

@@ -4,7 +4,6 @@ the test's NOVA_HOME is left behind."""
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,19 +14,11 @@ from nova_qemu.testing import busybox_initramfs
 from nova_qemu.vm import run_root
 
 from nova_core.drivers.base import DriverContext
+from nova_core.testing.processes import find_processes
 
 
 def qemu_processes(marker: str) -> list[int]:
-    found = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-            except OSError:
-                continue
-            if cmdline.startswith("qemu-system") and marker in cmdline:
-                found.append(int(pid))
-    return found
+    return [pid for pid, _ in find_processes(("qemu-system*",), marker)]
 
 
 @pytest.fixture(autouse=True)

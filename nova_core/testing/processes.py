@@ -1,0 +1,32 @@
+"""The host's processes by command line, for tests and benchmarks that check what a
+command left running (``/proc/PID/cmdline``; processes that exit meanwhile are skipped)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def command_lines() -> Iterator[tuple[int, list[str]]]:
+    """(pid, argv) of every process that can be read."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                raw = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if raw:
+                yield int(entry), raw.decode(errors="replace").rstrip("\0").split("\0")
+
+
+def find_processes(programs: tuple[str, ...], marker: str) -> list[tuple[int, str]]:
+    """(pid, program) of processes running one of ``programs`` (by basename, or a
+    basename prefix ending in ``*``) whose command line contains ``marker``."""
+    found = []
+    for pid, argv in command_lines():
+        program = os.path.basename(argv[0])
+        if any(program == p or (p.endswith("*") and program.startswith(p[:-1]))
+               for p in programs) and marker in "\0".join(argv):
+            found.append((pid, program))
+    return found
