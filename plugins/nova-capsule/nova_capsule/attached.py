@@ -80,8 +80,7 @@ class CapsuleRun(AttachedRun):
         code = self._process.wait()
         files = self._files
         with CapsuleLock(self._nova_home, self._meta.id):
-            if files.exists() and files.run_id.exists() and \
-                    files.run_id.read_text() == self._run_id:
+            if files.is_latest_run(self._run_id):
                 files.record_exit(self._meta.id, code)
             if files.is_current_run(self._run_id):  # else nova stopped it and cleaned up
                 teardown(self._runtime, self._meta.id, files)

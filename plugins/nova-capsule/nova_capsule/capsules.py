@@ -159,13 +159,16 @@ class CapsuleFiles:
         tmp.write_text(json.dumps(asdict(meta), indent=1))
         os.replace(tmp, self.meta_path)
 
-    def is_current_run(self, run_id: str) -> bool:
-        """True while ``run_id`` is the capsule's current run and Nova did not stop it."""
+    def is_latest_run(self, run_id: str) -> bool:
+        """True while ``run_id`` is the capsule's last start (stopped by Nova or not)."""
         try:
-            return (self.exists() and not self.stopping.exists() and
-                    self.run_id.read_text() == run_id)
+            return self.exists() and self.run_id.read_text() == run_id
         except OSError:
             return False
+
+    def is_current_run(self, run_id: str) -> bool:
+        """True while ``run_id`` is the capsule's current run and Nova did not stop it."""
+        return self.is_latest_run(run_id) and not self.stopping.exists()
 
     def record_exit(self, capsule_id: str, code: int) -> None:
         """Record the exit code of the last run, as conmon does."""
