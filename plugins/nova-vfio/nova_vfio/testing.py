@@ -123,6 +123,12 @@ def _link_driver(root: Path, address: str, driver: str) -> None:
     os.symlink(folder, drivers / driver / address)
 
 
+def driver_of(root: Path, address: str) -> str | None:
+    """The driver the emulated device at ``address`` is bound to (None if unbound)."""
+    link = root / "sys" / "bus" / "pci" / "devices" / address / "driver"
+    return link.resolve().name if link.is_symlink() else None
+
+
 def vf_links(root: Path, pf_address: str) -> dict[str, dict[str, object]]:
     """The VF settings :class:`KernelEmulator` recorded for a PF: index -> mac, vlan, spoofchk."""
     path = root / "sys" / "bus" / "pci" / "devices" / pf_address / ".vf_links.json"

@@ -22,7 +22,7 @@ from nova_vfio.driver import Ledger
 from nova_vfio.netlink import set_vf
 from nova_vfio.network import SriovNetworkDriver, SriovNetworkOptions
 from nova_vfio.sysfs import PciHost
-from nova_vfio.testing import build_sysfs, vf_address, vf_links
+from nova_vfio.testing import build_sysfs, driver_of, vf_address, vf_links
 
 from nova_core.drivers.base import DriverContext
 from nova_core.drivers.models import (
@@ -39,11 +39,6 @@ from nova_core.errors import NovaError
 from nova_core.testing.contracts import NetworkDriverContract
 
 NIC = "0000:04:00.0"
-
-
-def driver_of(root: Path, address: str) -> str | None:
-    link = root / "sys/bus/pci/devices" / address / "driver"
-    return link.resolve().name if link.is_symlink() else None
 
 
 @pytest.fixture
@@ -147,11 +142,7 @@ def test_refusals_say_what_is_wrong_and_change_nothing(root: Path, nova_home: Pa
 
 
 def test_nova_up_plan_inspect_and_down_through_the_cli(root: Path, run_nova, nova_home: Path,
-                                                      tmp_path: Path, fake_distribution,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("NOVA_SYSFS_ROOT", str(root))
-    fake_distribution("nova-fake-compute", {
-        "nova_core.compute": {"fake": "nova_core.testing.fakes:FakeComputeDriver"}})
+                                                      tmp_path: Path, cli_on_emulated_host) -> None:  # noqa: ANN001
     project = tmp_path / "proj"
     project.mkdir()
     (project / "NovaFile").write_text(

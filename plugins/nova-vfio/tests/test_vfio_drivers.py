@@ -13,7 +13,7 @@ import pytest
 from nova_vfio.driver import Ledger, SriovDriver, VfioDriver, parse_entry
 from nova_vfio.hooks import gpu_checks
 from nova_vfio.sysfs import PciHost
-from nova_vfio.testing import build_sysfs
+from nova_vfio.testing import build_sysfs, driver_of
 
 from nova_core.drivers.base import DriverContext
 from nova_core.drivers.models import DeviceClaim, ResourceKind, ResourceRef
@@ -31,11 +31,6 @@ def root(tmp_path: Path) -> Path:
 
 def vm(name: str) -> ResourceRef:
     return ResourceRef(project="p", kind=ResourceKind.VM, name=name)
-
-
-def driver_of(root: Path, address: str) -> str | None:
-    link = root / "sys/bus/pci/devices" / address / "driver"
-    return link.resolve().name if link.is_symlink() else None
 
 
 def vfio(root: Path, nova_home: Path, force: bool = False) -> VfioDriver:
@@ -130,11 +125,7 @@ def test_sriov_vfs_are_made_assigned_and_released(root: Path, nova_home: Path) -
 
 
 def test_nova_device_cli_and_vms_through_the_engine(root: Path, run_nova, nova_home: Path,
-                                                   tmp_path: Path, fake_distribution,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("NOVA_SYSFS_ROOT", str(root))
-    fake_distribution("nova-fake-compute", {
-        "nova_core.compute": {"fake": "nova_core.testing.fakes:FakeComputeDriver"}})
+                                                   tmp_path: Path, cli_on_emulated_host) -> None:  # noqa: ANN001
     listing = json.loads(run_nova("device", "ls", "--json", "--gpu", check=True).stdout)
     assert [d["address"] for d in listing] == [IGPU, GPU, AMD]
     assert listing[1]["companions"] == [AUDIO] and listing[2]["group_isolated"] is False
