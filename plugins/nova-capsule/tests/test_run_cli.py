@@ -18,6 +18,16 @@ from pathlib import Path
 from nova_capsule.runtime import run_root
 
 
+def one_capsule(run_nova, folder: Path, project: str, name: str, command: str,  # noqa: ANN001
+                extra: str = "") -> None:
+    """A NovaFile in ``folder`` with one busybox capsule running ``command`` (TOML), and the
+    image pulled."""
+    (folder / "NovaFile").write_text(
+        f'project = "{project}"\n[container.{name}]\ncapsule = "test/busybox:1"\n'
+        f"{extra}command = {command}\n")
+    run_nova("image", "pull", "test/busybox:1", check=True)
+
+
 @contextmanager
 def nova_job(run_nova, folder: Path, name: str) -> Iterator[subprocess.Popen[str]]:  # noqa: ANN001
     """``nova run --rm container NAME`` in the background, its output on pipes; if the
@@ -36,10 +46,8 @@ def nova_job(run_nova, folder: Path, name: str) -> Iterator[subprocess.Popen[str
 
 def test_run_rm_streams_output_and_returns_the_exit_status(run_nova, capsule_home: Path,
                                                            tmp_path: Path) -> None:
-    (tmp_path / "NovaFile").write_text(
-        'project = "stream"\n[container.job]\ncapsule = "test/busybox:1"\n'
-        'command = ["sh", "-c", "echo first; echo oops >&2; sleep 2; echo second; exit 3"]\n')
-    run_nova("image", "pull", "test/busybox:1", check=True)
+    one_capsule(run_nova, tmp_path, "stream", "job",
+                '["sh", "-c", "echo first; echo oops >&2; sleep 2; echo second; exit 3"]')
     started = time.monotonic()
     with nova_job(run_nova, tmp_path, "job") as job:
         first = job.stdout.readline()
@@ -62,11 +70,9 @@ def test_run_rm_streams_output_and_returns_the_exit_status(run_nova, capsule_hom
 
 def test_ctrl_c_stops_and_removes_the_capsule(run_nova, capsule_home: Path,
                                               tmp_path: Path) -> None:
-    (tmp_path / "NovaFile").write_text(
-        'project = "ctrlc"\n[container.long]\ncapsule = "test/busybox:1"\nstop_timeout = 5\n'
-        'command = ["sh", "-c", "trap \'echo terminated; exit 0\' TERM; echo started; '
-        'while true; do sleep 0.1; done"]\n')
-    run_nova("image", "pull", "test/busybox:1", check=True)
+    one_capsule(run_nova, tmp_path, "ctrlc", "long",
+                '["sh", "-c", "trap \'echo terminated; exit 0\' TERM; echo started; '
+                'while true; do sleep 0.1; done"]', "stop_timeout = 5\n")
     with nova_job(run_nova, tmp_path, "long") as job:
         assert job.stdout.readline() == "started\n"
         job.send_signal(signal.SIGINT)  # what the terminal sends on Ctrl-C
@@ -79,10 +85,7 @@ def test_ctrl_c_stops_and_removes_the_capsule(run_nova, capsule_home: Path,
 
 def test_a_failed_start_is_a_clear_error_and_removes_the_capsule(run_nova, capsule_home: Path,
                                                                  tmp_path: Path) -> None:
-    (tmp_path / "NovaFile").write_text(
-        'project = "failing"\n[container.bad]\ncapsule = "test/busybox:1"\n'
-        'command = ["/no/such/program"]\n')
-    run_nova("image", "pull", "test/busybox:1", check=True)
+    one_capsule(run_nova, tmp_path, "failing", "bad", '["/no/such/program"]')
     done = run_nova("run", "--rm", "container", "bad", cwd=tmp_path)
     assert done.returncode == 1
     assert "/no/such/program" in done.stderr and "not found" in done.stderr, done.stderr
