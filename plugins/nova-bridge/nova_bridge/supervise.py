@@ -29,6 +29,30 @@ def alive(pid: int, marker: str) -> bool:
     return marker in cmdline
 
 
+def exited(pid: int) -> bool:
+    """True once process ``pid`` is gone or a zombie.
+
+    A dying process loses its command line (its memory) before it closes its files, so a
+    killed daemon can still hold its ports while :func:`alive` already says no; only the
+    zombie state, or no process at all, means its sockets are closed.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2:].startswith(("Z", "X"))
+
+
+def wait_exited(pids: list[int], timeout: float) -> bool:
+    """Wait until every process in ``pids`` has :func:`exited`; False on timeout."""
+    deadline = time.monotonic() + timeout
+    while not all(map(exited, pids)):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def find_processes(marker: str, program: str | None = None) -> list[int]:
     """PIDs whose command line holds ``marker`` (and whose argv[0] is ``program``)."""
     found = []
@@ -90,15 +114,15 @@ class Supervised:
         return find_processes(self.marker, self.program)
 
     def kill_strays(self) -> None:
-        """SIGKILL daemons left by a loop that was killed, and wait until they are gone."""
-        for pid in self.strays():
+        """SIGKILL daemons left by a loop that was killed, and wait until they have exited
+        (so their ports are free for the next one)."""
+        killed = self.strays()
+        for pid in killed:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        deadline = time.monotonic() + 2
-        while self.strays() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_exited(killed, 2.0)
 
     def start(self) -> subprocess.Popen[bytes]:
         """Start the loop (after removing strays); the caller waits for readiness."""
@@ -117,16 +141,15 @@ class Supervised:
         if supervisor is not None:
             child = self.child_pid()
             os.kill(supervisor, signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and (
-                    alive(supervisor, self.marker) or (child and self._is_daemon(child))):
-                time.sleep(0.01)
-            for pid in (supervisor, child):
-                if pid and alive(pid, self.marker):
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+            both = [pid for pid in (supervisor, child) if pid]
+            if not wait_exited(both, timeout):
+                for pid in both:
+                    if alive(pid, self.marker):
+                        try:
+                            os.kill(pid, signal.SIGKILL)
+                        except ProcessLookupError:
+                            pass
+                wait_exited(both, timeout)
             try:
                 os.waitpid(supervisor, os.WNOHANG)  # reap it if it was ours
             except ChildProcessError:

@@ -11,6 +11,7 @@ import ipaddress
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -514,3 +515,33 @@ def test_an_ipv6_gateway_is_kept_in_canonical_form(driver: BridgeDriver, made) -
     attachment = driver.attach(spec, capsule("six"))
     assert attachment.details["ip6"] == "fd00:251:22::2"  # never the gateway's address
     driver.detach(spec, attachment)
+
+
+def test_killed_strays_have_freed_their_ports(tmp_path: Path) -> None:
+    """kill_strays returns only once a killed daemon's sockets are closed, so the next
+    daemon can bind the same port (a dying process loses its command line first)."""
+    from nova_bridge.supervise import Supervised, exited
+
+    marker = f"--marker={tmp_path}"
+    holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    holder.bind(("127.0.0.1", 0))
+    port = holder.getsockname()[1]
+    holder.close()
+    code = (f"import socket, time; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+            f"s.bind(('127.0.0.1', {port})); print('bound', flush=True); time.sleep(60)")
+    stray = subprocess.Popen([sys.executable, "-c", code, marker], stdout=subprocess.PIPE)
+    try:
+        assert stray.stdout.readline() == b"bound\n"
+        assert not exited(stray.pid)
+        daemon = Supervised(["true"], marker=marker, program=Path(sys.executable).name,
+                            pidfile=tmp_path / "pid", log=tmp_path / "log", label="nova-test")
+        assert daemon.strays() == [stray.pid]
+        daemon.kill_strays()
+        assert exited(stray.pid)  # a zombie until we reap it: exited, its sockets closed
+        again = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        again.bind(("127.0.0.1", port))
+        again.close()
+    finally:
+        stray.kill()
+        stray.wait()
+    assert exited(stray.pid)
