@@ -31,7 +31,6 @@ The endpoint writes ``status.json`` every second for ``nova net inspect``.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import fcntl
 import json
@@ -64,6 +63,7 @@ from aioquic.tls import Epoch
 from nova_bridge.supervise import find_processes
 
 from nova_core.errors import NovaError
+from nova_quic.loop import Loop, Timer
 from nova_quic.pki import OverlayStore, PeerRefused, verify_peer
 
 LOG = logging.getLogger("nova-quic")
@@ -169,7 +169,7 @@ class Link:
     piece_id: bytes = b""
     inbox: bytes = b""
     stream: int | None = None
-    timer: asyncio.TimerHandle | None = None
+    timer: Timer | None = None
     timer_at: float | None = None
     tx_packets: int = 0
     tx_bytes: int = 0
@@ -231,11 +231,12 @@ class Endpoint:
         self.vnet = False  # the TAP's frames carry virtio-net headers (offload)
         self.tap_fd = -1
         self.sock: socket.socket | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
+        self.loop: Loop | None = None
         self._dirty: set[Link] = set()  # type: ignore[misc]  # aioquic has work
         self._sealed: set[Link] = set()  # type: ignore[misc]  # fast-path packets to send
         self._acking: set[Link] = set()  # type: ignore[misc]  # fast-path packets to acknowledge
-        self._ack_round: asyncio.TimerHandle | None = None
+        self._ack_round: Timer | None = None
+        self._last_ping = self._last_status = 0.0  # when _periodic last did them
         for addr in [*self.identity.peers, *(str(p) for p in config.get("peers", []))]:  # type: ignore[attr-defined]
             self.targets.setdefault(addr, Target(addr, configured=True))
         for addr in self._load_learned():
@@ -512,8 +513,7 @@ class Endpoint:
             if link.timer is not None:
                 link.timer.cancel()
             link.timer_at = at
-            link.timer = None if at is None else self.loop.call_at(
-                self.loop.time() + max(0.0, at - time.monotonic()), self._on_timer, link)
+            link.timer = None if at is None else self.loop.call_at(at, self._on_timer, link)
 
     def _send_sealed(self, link: Link, addr: tuple[str, int]) -> None:
         """Send the sealed packets, runs of equal size as one UDP GSO write each.
@@ -780,9 +780,11 @@ class Endpoint:
             others = [p.advertised for p in self.peers.values() if p is not link]
             self._send(link, {"t": "peers", "addrs": others})
 
-    def _connected_to(self, addr: str) -> bool:
+    def _connected_to(self, addr: str, dialing: bool = True) -> bool:
+        """A verified link to ``addr`` exists (or, with ``dialing``, a dial is under way)."""
         return any(link.advertised == addr or format_addr(link.addr) == addr
-                   for link in self.all_links if link.name is not None or link.dialed)
+                   for link in self.all_links
+                   if link.name is not None or (dialing and link.dialed))
 
     # -- DNS records ------------------------------------------------------------------------
     def _local_records(self) -> list[str]:
@@ -913,8 +915,8 @@ class Endpoint:
                           "rx_packets": link.rx_packets, "rx_bytes": link.rx_bytes,
                           "drops": link.drops,
                           "since": round(time.time() - (time.monotonic() - link.started), 3)})
-        for target in self.targets.values():
-            if target.addr in self.own_addrs or self._connected_to(target.addr):
+        for target in self.targets.values():  # a dial under way is still "connecting"
+            if target.addr in self.own_addrs or self._connected_to(target.addr, dialing=False):
                 continue
             state = "refused" if target.addr in self.refused else "connecting"
             peers.append({"name": None, "addr": target.addr, "state": state,
@@ -939,34 +941,38 @@ class Endpoint:
         return [x for x in found if isinstance(x, str)] if isinstance(found, list) else []
 
     # -- running ----------------------------------------------------------------------------
-    async def run(self) -> None:
+    def run(self) -> None:
         """Serve until SIGTERM/SIGINT, then say bye to every peer and close."""
-        self.loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            self.loop.add_signal_handler(signum, stop.set)
-        self.open()
-        assert self.sock is not None
-        self.loop.add_reader(self.tap_fd, self.on_tap)
-        self.loop.add_reader(self.sock.fileno(), self.on_socket)
-        last_ping = last_status = 0.0
-        while not stop.is_set():
-            self.tick()
-            now = time.monotonic()
-            if now - last_ping >= PING_EVERY:
-                self.ping()
-                last_ping = now
-            if now - last_status >= 1.0:
-                self.write_status()
-                last_status = now
-            try:
-                await asyncio.wait_for(stop.wait(), 0.5)
-            except TimeoutError:
-                pass
-        await self.shutdown()
+        self.loop = loop = Loop()
+        try:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, loop.stop)
+            self.open()
+            assert self.sock is not None
+            loop.add_reader(self.tap_fd, self.on_tap)
+            loop.add_reader(self.sock.fileno(), self.on_socket)
+            self._periodic()
+            loop.run()
+            self.shutdown()
+        finally:
+            loop.close()
 
-    async def shutdown(self) -> None:
+    def _periodic(self) -> None:
+        """Every half second: :meth:`tick`; :meth:`ping` and the status file less often."""
+        assert self.loop is not None
+        self.loop.call_later(0.5, self._periodic)  # first: a failing tick is logged, not fatal
+        self.tick()
+        now = time.monotonic()
+        if now - self._last_ping >= PING_EVERY:
+            self._last_ping = now
+            self.ping()
+        if now - self._last_status >= 1.0:
+            self._last_status = now
+            self.write_status()
+
+    def shutdown(self) -> None:
         """Tell every peer we leave, close the connections, remove what we wrote."""
+        assert self.loop is not None
         self.stopping = True
         for link in list(self.peers.values()):
             self._send(link, {"t": "bye"})
@@ -974,7 +980,7 @@ class Endpoint:
         for link in list(self.all_links):
             link.quic.close(error_code=0, reason_phrase="endpoint stopped")
             self._flush(link)
-        await asyncio.sleep(0.05)  # let the CONNECTION_CLOSE frames leave
+        self.loop.run(duration=0.05)  # let the CONNECTION_CLOSE frames leave
         self.peers.clear()
         self._sync_records()
         (self.state_dir / "status.json").unlink(missing_ok=True)
@@ -998,7 +1004,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("quic").setLevel(logging.WARNING)
     config = json.loads(Path(args[0]).read_text())
     try:
-        asyncio.run(Endpoint(config).run())
+        Endpoint(config).run()
     except Exception as error:  # noqa: BLE001 - the log says why; the supervisor restarts us
         LOG.error("%s: %s", config.get("network"), error,
                   exc_info=not isinstance(error, OSError | NovaError))
