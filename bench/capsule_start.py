@@ -42,7 +42,7 @@ from nova_capsule.runtime import find_runtime, run_root
 from nova_capsule.testing import LocalRegistry, busybox_layer, image_config, push_image
 from timing import helper_rss_kib, median_seconds, warm_helper
 
-from nova_core.testing.processes import find_processes
+from nova_core.hostinfo.processes import find_processes
 
 PODMAN_LIMITS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
 

@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from nova_qemu.domain import LibvirtDriver, LibvirtOptions
@@ -46,9 +47,10 @@ from timing import helper_rss_kib, warm_helper
 
 from nova_core.drivers.base import DriverContext
 from nova_core.drivers.models import ResourceKind, ResourceRef, VmSpec
+from nova_core.hostinfo.processes import command_lines, find_processes
 
 NOVA = [str(Path(sys.executable).parent / "nova")]  # the console script users run
-HELPER_MARK = b"nova_core.warm import serve"
+HELPER_MARK = "nova_core.warm import serve"
 
 
 def wait_marker(log: Path, start: float, timeout: float = 120) -> float:
@@ -80,14 +82,10 @@ def started_after(pid: int, start: float) -> float:
 
 def qemu_of(domain: str) -> int:
     """The PID of the QEMU running libvirt's ``domain``."""
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if f"guest={domain}".encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
-                    return int(entry)
-            except OSError:
-                continue
-    raise SystemExit(f"no QEMU runs {domain}")
+    found = find_processes(("qemu-system*",), f"guest={domain}")
+    if not found:
+        raise SystemExit(f"no QEMU runs {domain}")
+    return found[0][0]
 
 
 def kill_pidfile(pidfile: Path) -> None:
@@ -121,8 +119,9 @@ def main() -> None:
     daemon = None
     results: dict[str, list[float]] = {"nova": [], "nova_cold": [], "qemu": [], "virsh": [],
                                        "nova_exec": [], "virsh_exec": []}
-    warm = warm_helper(NOVA, {**os.environ, "NOVA_HOME": str(home)}, project)
-    ENV.update(warm.__enter__())
+    helper = ExitStack()
+    ENV.update(helper.enter_context(warm_helper(NOVA, {**os.environ, "NOVA_HOME": str(home)},
+                                                project)))
     try:
         nova(home, project, "up")  # create, probe once; untimed
         wait_marker(files.serial_log, time.monotonic())
@@ -179,17 +178,18 @@ def main() -> None:
         nova(home, project, "run", "vm", "b")
         qemu_pid = int(files.pidfile.read_text())
         others = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit() and int(entry) not in (qemu_pid, os.getpid()):
-                try:
-                    cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-                    environ = Path(f"/proc/{entry}/environ").read_bytes()
-                except OSError:
-                    continue
-                if HELPER_MARK in cmdline:
-                    continue  # the warm helper: one per user and context, reported below
-                if str(home).encode() in cmdline or f"NOVA_HOME={home}".encode() in environ:
-                    others.append(int(entry))
+        for pid, argv in command_lines():
+            if pid in (qemu_pid, os.getpid()):
+                continue
+            cmdline = "\0".join(argv)
+            if HELPER_MARK in cmdline:
+                continue  # the warm helper: one per user and context, reported below
+            try:
+                environ = Path(f"/proc/{pid}/environ").read_bytes()
+            except OSError:
+                continue
+            if str(home) in cmdline or f"NOVA_HOME={home}".encode() in environ:
+                others.append(pid)
         helper_kib = helper_rss_kib(NOVA, ENV)
         nova(home, project, "down")
 
@@ -211,7 +211,7 @@ def main() -> None:
             daemon.stop()
         subprocess.run([*NOVA, "down", "-p", "bench"], env={**os.environ, "NOVA_HOME": str(home)},
                        capture_output=True)
-        warm.__exit__(None, None, None)
+        helper.close()
         shutil.rmtree(work, ignore_errors=True)
 
     nova_s = statistics.median(results["nova"])

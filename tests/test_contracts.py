@@ -94,7 +94,7 @@ def test_find_processes_sees_a_process_by_program_and_marker(tmp_path) -> None: 
     import subprocess
     import sys
 
-    from nova_core.testing.processes import find_processes
+    from nova_core.hostinfo.processes import find_processes
 
     marker = f"nova-marker-{tmp_path.name}"
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", marker])

@@ -20,23 +20,24 @@ from pathlib import Path
 
 import pytest
 
+from nova_core.hostinfo.processes import command_lines
+
 NOVA = str(Path(sys.executable).parent / "nova")
-HELPER_MARK = b"nova_core.warm import serve"
+HELPER_MARK = "nova_core.warm import serve"
 
 
 def helpers(warm_dir: Path) -> list[int]:
     """PIDs of helpers started with this socket folder."""
     found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
+    for pid, argv in command_lines():
+        if HELPER_MARK not in "\0".join(argv):
             continue
         try:
-            if HELPER_MARK not in (proc / "cmdline").read_bytes():
-                continue
-            if f"NOVA_WARM_DIR={warm_dir}".encode() in (proc / "environ").read_bytes().split(b"\0"):
-                found.append(int(proc.name))
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except OSError:
             continue
+        if f"NOVA_WARM_DIR={warm_dir}".encode() in environ:
+            found.append(pid)
     return found
 
 

@@ -8,8 +8,6 @@
   ``NetworkDriverContract``, ``StorageDriverContract``: subclass one in your
   plugin's tests and provide the fixtures it names to prove your driver honours
   the contract.
-* :mod:`nova_core.testing.processes`: the host's processes by command line, to check
-  what a command left running.
 * :mod:`nova_core.testing.pytest_plugin`: fixtures (``nova_home``,
   ``fake_distribution``, ``nova_fake_drivers``, ``run_nova``), registered with
   pytest automatically when nova-core is installed.

@@ -16,6 +16,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from nova_core.hostinfo import processes
+
 LOOP = ("trap 'kill -TERM $child 2>/dev/null; wait $child; exit 0' TERM INT\n"
         "while :; do \"$@\" & child=$!; wait $child; sleep 1; done\n")
 
@@ -55,19 +57,7 @@ def wait_exited(pids: list[int], timeout: float) -> bool:
 
 def find_processes(marker: str, program: str | None = None) -> list[int]:
     """PIDs whose command line holds ``marker`` (and whose argv[0] is ``program``)."""
-    found = []
-    wanted = marker.encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if wanted in cmdline and (program is None or os.path.basename(
-                cmdline.split(b"\0", 1)[0]).decode(errors="replace") == program):
-            found.append(int(entry))
-    return found
+    return [pid for pid, _ in processes.find_processes((program or "*",), marker)]
 
 
 class Supervised:

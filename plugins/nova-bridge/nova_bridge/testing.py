@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nova_core.hostinfo import netns
+from nova_core.hostinfo.processes import command_lines
 
 
 def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -29,16 +30,11 @@ def host_snapshot() -> dict[str, object]:
     namespaces = sorted(p.name for p in netns.NETNS_DIR.iterdir()) if netns.NETNS_DIR.is_dir() else []
     ruleset = _run("nft", "-s", "list", "ruleset").stdout
     dnsmasq, supervised = [], []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if os.path.basename(argv[0]) == b"dnsmasq":
-                dnsmasq.append(int(pid))
-            elif argv[0] == b"sh" and len(argv) > 3 and argv[3].startswith(b"nova-"):
-                supervised.append(int(pid))
+    for pid, argv in command_lines():
+        if os.path.basename(argv[0]) == "dnsmasq":
+            dnsmasq.append(pid)
+        elif argv[0] == "sh" and len(argv) > 3 and argv[3].startswith("nova-"):
+            supervised.append(pid)
     return {"links": [p.name for p in links], "netns": namespaces, "nft": ruleset,
             "dnsmasq": sorted(dnsmasq), "supervised": sorted(supervised)}
 

@@ -39,7 +39,7 @@ def capsule_leftovers(nova_home: Path) -> list[str]:
     from nova_capsule.capsules import capsule_id
     from nova_capsule.cgroups import cgroup_dirs
     from nova_capsule.runtime import run_root
-    from nova_core.testing.processes import find_processes
+    from nova_core.hostinfo.processes import find_processes
 
     found = []
     home = str(nova_home.resolve())

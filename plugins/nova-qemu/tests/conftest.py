@@ -14,7 +14,7 @@ from nova_qemu.testing import busybox_initramfs
 from nova_qemu.vm import run_root
 
 from nova_core.drivers.base import DriverContext
-from nova_core.testing.processes import find_processes
+from nova_core.hostinfo.processes import find_processes
 
 
 def qemu_processes(marker: str) -> list[int]:

@@ -1,5 +1,6 @@
-"""The host's processes by command line, for tests and benchmarks that check what a
-command left running (``/proc/PID/cmdline``; processes that exit meanwhile are skipped)."""
+"""The host's processes by command line (``/proc/PID/cmdline``; processes that exit
+meanwhile, kernel threads and zombies are skipped): how supervised daemons are found,
+and how tests and benchmarks check what a command left running."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ def command_lines() -> Iterator[tuple[int, list[str]]]:
 
 def find_processes(programs: tuple[str, ...], marker: str) -> list[tuple[int, str]]:
     """(pid, program) of processes running one of ``programs`` (by basename, or a
-    basename prefix ending in ``*``) whose command line contains ``marker``."""
+    basename prefix ending in ``*``; ``"*"`` is any program) whose command line contains
+    ``marker``."""
     found = []
     for pid, argv in command_lines():
         program = os.path.basename(argv[0])
