@@ -44,7 +44,7 @@ class Timer:
 
 
 class Loop:
-    """Readers by file descriptor, timers on the monotonic clock, SIGTERM/SIGINT handlers.
+    """Readers by file descriptor, timers on :func:`time.monotonic`, signal handlers.
 
     Signals reach it through :func:`signal.set_wakeup_fd`, so a signal wakes ``poll``
     at once. Use it from the main thread only.
@@ -63,11 +63,6 @@ class Loop:
         self._old_wakeup = signal.set_wakeup_fd(self._wake_write.fileno(),
                                                 warn_on_full_buffer=False)
         self.add_reader(self._wake_read.fileno(), self._drain_wakeups)
-
-    @staticmethod
-    def time() -> float:
-        """The loop's clock: :func:`time.monotonic`."""
-        return time.monotonic()
 
     def add_reader(self, fd: int, callback: Callable[[], Any]) -> None:
         """Call ``callback()`` whenever ``fd`` is readable (level-triggered)."""
