@@ -317,7 +317,8 @@ def serve() -> None:
 
 
 def _warm_up() -> None:
-    """Do once here what every child would do again: scan entry points, build models.
+    """Do once here what every child would do again: scan entry points, build the plugin
+    registry's hook manager and load the drivers children used, build models.
 
     Then freeze what the helper holds out of the garbage collector's reach: a child's
     collections would otherwise visit (and so write to, copying on write) every page
@@ -325,10 +326,16 @@ def _warm_up() -> None:
     """
     import gc
 
-    from nova_core.plugins import scan_entry_points
+    from nova_core.plugins import get_registry, scan_entry_points
 
     scan_entry_points()
     try:
+        try:
+            shared = get_registry().preload()
+        except Exception:  # noqa: BLE001 - a broken plugin: the child will say what
+            shared = False
+        if not shared:
+            get_registry.cache_clear()  # a child makes its own and gives the warning itself
         _build_models()
     finally:
         gc.collect()

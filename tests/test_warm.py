@@ -205,3 +205,27 @@ def test_the_command_finishes_and_reports_if_the_helper_dies(warm: Warm, nova_ho
         out, err = waiting.communicate(timeout=30)
     assert waiting.returncode == 0, err
     assert "project held: nothing to remove" in out
+
+
+def test_children_share_the_helpers_plugins_but_not_its_warnings_or_disabled_set(
+        warm: Warm, fake_distribution) -> None:
+    """The helper builds the plugin registry once for its children (nova_core.plugins
+    preload); a broken plugin's warning is still given by every command, and a caller's
+    own NOVA_DISABLE_PLUGINS still decides."""
+    fake_distribution("nova-badhooks", {"nova_core.plugins": {"badhooks": "badhooks_mod"}},
+                      modules={"badhooks_mod": "raise RuntimeError('boom at import')\n"})
+    warning = ("warning: plugin 'badhooks' from nova-badhooks 1.0 failed to load "
+               "(RuntimeError: boom at import); its hooks are skipped")
+    warm.env["PYTHONPATH"] = os.environ["PYTHONPATH"]  # where the fake distribution lives
+    first = warm.started()
+    for _ in range(2):  # the second one surely in a child of the warmed-up helper
+        done = warm.run("doctor", "--json")
+        assert done.returncode == 0, done.stderr
+        assert [line for line in done.stderr.splitlines() if line.startswith("warning:")] \
+            == [warning]
+    quiet = warm.run("doctor", "--json", env={"NOVA_DISABLE_PLUGINS": "nova-badhooks"})
+    assert quiet.returncode == 0 and "warning:" not in quiet.stderr, quiet.stderr
+    listed = warm.run("plugins", "ls", "--json")
+    assert listed.returncode == 0 and warning in listed.stderr
+    status = warm.status()
+    assert status["pid"] == first["pid"] and status["served"] == 4
