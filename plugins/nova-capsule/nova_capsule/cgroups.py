@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from pathlib import Path
 
 from nova_core.hostinfo.cgroups import CgroupLayout, read_cgroup_layout
@@ -49,3 +50,62 @@ def remove_cgroup(capsule_id: str) -> None:
             os.rmdir(path)
         except OSError:
             pass
+
+
+def prime_migration(procs: Path | None = None) -> threading.Thread | None:
+    """Give the runtime's cgroup migration a head start, in a background thread.
+
+    Every write to a ``cgroup.procs`` file takes the kernel's global
+    ``cgroup_threadgroup_rwsem`` for writing. Unless the hierarchy is mounted with
+    ``favordynmods``, the first writer after a quiet spell first waits for a whole RCU
+    grace period (13-20 ms on the test hosts), and writers within the grace period after
+    that one do not wait. The runtime's move of the capsule's first process into its
+    cgroup is such a first writer, on the critical path of every start.
+
+    So, while Nova still prepares a capsule, this thread moves this process into the
+    cgroup it is in already (a no-op move; a refusal such as v2's EBUSY comes after the
+    wait and does as well): the grace period then passes during Nova's own work, and the
+    runtime's write a few milliseconds later does not wait (``nova run --rm`` of
+    /bin/true: 71 -> 57 ms). Nothing depends on it: a failure is ignored, and a start
+    that misses the window only waits as it would have.
+
+    :param procs: the file to write to; by default this process's own cgroup's
+    :returns: the thread (None when this process's cgroup is not found)
+    """
+    target = procs or own_procs_file()
+    if target is None:
+        return None
+
+    def move() -> None:
+        try:
+            with open(target, "w") as file:
+                file.write(str(os.getpid()))
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=move, name="nova-cgroup-prime", daemon=True)
+    thread.start()
+    return thread
+
+
+def own_procs_file(cgroup_root: Path = Path("/sys/fs/cgroup")) -> Path | None:
+    """The ``cgroup.procs`` of this process's own cgroup in one mounted hierarchy (v1
+    hierarchies under ``cgroup_root``, else the cgroup2 mount)."""
+    layout = host_cgroup_layout()
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        number, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if number == "0" and layout.mode == "v2" and layout.v2_mount:
+            folder = Path(layout.v2_mount)
+        elif controllers and not controllers.startswith("name="):
+            folder = cgroup_root / controllers
+        else:
+            continue
+        candidate = folder / path.lstrip("/") / "cgroup.procs"
+        if candidate.exists():
+            return candidate
+    return None

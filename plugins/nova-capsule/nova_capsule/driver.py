@@ -25,7 +25,7 @@ from nova_capsule.capsules import (
     exit_command,
     teardown,
 )
-from nova_capsule.cgroups import cgroup_path, remove_cgroup
+from nova_capsule.cgroups import cgroup_path, prime_migration, remove_cgroup
 from nova_capsule.runtime import (
     Runtime,
     find_runtime,
@@ -194,6 +194,7 @@ class CapsuleDriver(ComputeDriver):
         files = self.files(spec)
         if files.exists():
             return self.status(spec)
+        prime_migration()  # the start follows: its cgroup move then waits less
         from nova_capsule.devices import device_edits
 
         device_edits(spec.devices, spec.gpu)  # every node exists (checked again at start)
@@ -377,6 +378,7 @@ class CapsuleDriver(ComputeDriver):
         files = self.files(spec)
         if not files.exists():
             raise NovaError(f"{spec.ref.key} does not exist", hint="nova up creates it")
+        prime_migration()
         meta = files.read()
         runtime = self._runtime(spec)
         state = runtime.state(meta.id)
