@@ -674,6 +674,11 @@ class _Helper:
         finally:
             import atexit
 
+            later = sys.modules.get("nova_core.afterwards")
+            try:
+                finish = later.take_pending() if later is not None else None
+            except BaseException:  # noqa: BLE001 - then it runs with the exit functions
+                finish = None
             try:
                 atexit._run_exitfuncs()  # what interpreter shutdown would have run
             except BaseException:  # noqa: BLE001,S110 - exiting anyway
@@ -683,8 +688,30 @@ class _Helper:
                     stream.flush()
                 except BaseException:  # noqa: BLE001,S110 - a closed pipe
                     pass
+            _release_stdio()  # a caller reading our pipes sees their end now
             try:
                 conn.sendall(b"X%d\n" % code)  # also if the helper is gone meanwhile
+                conn.close()
             except BaseException:  # noqa: BLE001,S110 - the caller went away
                 pass
+            if finish is not None:
+                try:
+                    finish()  # nova_core.afterwards: work the caller need not wait for
+                except BaseException:  # noqa: BLE001,S110 - exiting anyway
+                    pass
             os._exit(code)
+
+
+def _release_stdio() -> None:
+    """Point this process's stdin, stdout and stderr at /dev/null: the caller's pipes then end
+    when the caller's own copies close, not when this process has finished exiting."""
+    try:
+        null = os.open(os.devnull, os.O_RDWR)
+    except OSError:
+        return
+    for fd in (0, 1, 2):
+        try:
+            os.dup2(null, fd)
+        except OSError:
+            pass
+    os.close(null)

@@ -229,3 +229,43 @@ def test_children_share_the_helpers_plugins_but_not_its_warnings_or_disabled_set
     assert listed.returncode == 0 and warning in listed.stderr
     status = warm.status()
     assert status["pid"] == first["pid"] and status["served"] == 4
+
+
+LATER_PLUGIN = '''
+import os, time
+from nova_core.hookspecs import hookimpl
+
+def _slowly(path):
+    time.sleep(1.0)
+    with open(path, "w") as handle:
+        handle.write("done")
+
+@hookimpl
+def nova_cli_commands():
+    import click
+    from nova_core.afterwards import defer
+    @click.command("later", help="Print, then defer slow work.")
+    def later():
+        click.echo("result")
+        defer(_slowly, os.environ["LATER_FILE"])
+    return [later]
+'''
+
+
+def test_the_caller_gets_the_result_before_deferred_work(warm: Warm, fake_distribution,
+                                                          tmp_path: Path) -> None:
+    """Work deferred with nova_core.afterwards runs after the caller has its exit status and
+    the end of its output (here a second of it); without the helper, before the exit."""
+    fake_distribution("nova-later", {"nova_core.plugins": {"later": "later_hooks"}},
+                      modules={"later_hooks": LATER_PLUGIN})
+    warm.env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    warm.started()
+    marker = tmp_path / "later.txt"
+    done = warm.run("later", env={"LATER_FILE": str(marker)})  # reads the pipes to their end
+    assert done.returncode == 0 and done.stdout == "result\n", done.stderr
+    assert not marker.exists(), "the caller waited for the deferred work"
+    assert warm.status()["served"] >= 1
+    assert wait_for(marker.exists, 20) and marker.read_text() == "done"
+    marker.unlink()
+    cold = warm.run("later", env={"LATER_FILE": str(marker), "NOVA_WARM": "0"})
+    assert cold.returncode == 0 and cold.stdout == "result\n" and marker.read_text() == "done"

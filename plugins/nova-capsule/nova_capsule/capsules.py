@@ -35,7 +35,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -241,12 +240,16 @@ class CapsuleFiles:
                 idmap.unmount(self.rw)
 
     def remove(self) -> None:
-        """Unmount and delete the folders (and the project's folder once empty)."""
+        """Unmount and delete the folders (and the project's folder once empty): gone at
+        once, their contents deleted once the command's result is out (a folder of a
+        capsule with snapshots can take a while)."""
+        from nova_core.afterwards import discard
+
         self.unmount()
         if idmap.mounted_among([self.rootfs, self.rw]):
             raise NovaError(f"{self.rootfs} is still mounted; not removing the capsule's files")
-        shutil.rmtree(self.root, ignore_errors=True)
-        shutil.rmtree(self.run_dir, ignore_errors=True)
+        discard(self.root, self.root.parents[2] / "trash")  # <home>/drivers/capsule/trash
+        discard(self.run_dir, self.run_dir.parents[1] / "trash")  # <run root>/trash
         try:
             self.root.parent.rmdir()  # the project's folder, if this was its last capsule
         except OSError:
