@@ -10,6 +10,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -23,6 +24,42 @@ def median_seconds(argv: list[str], runs: int, env: dict[str, str] | None = None
         subprocess.run(argv, env=env, cwd=cwd, capture_output=True, check=True)
         samples.append(time.perf_counter() - start)
     return statistics.median(samples)
+
+
+@dataclass(frozen=True)
+class Command:
+    """One command line to time, with its environment and folder."""
+
+    argv: list[str]
+    env: dict[str, str] | None = None
+    cwd: Path | None = None
+
+    def run(self) -> float:
+        """Run it once (it must succeed); its wall time in seconds."""
+        start = time.perf_counter()
+        subprocess.run(self.argv, env=self.env, cwd=self.cwd, capture_output=True, check=True)
+        return time.perf_counter() - start
+
+
+def interleaved_seconds(commands: dict[str, Command], runs: int, pause: float = 0.0,
+                        ) -> dict[str, list[float]]:
+    """Wall times of each command over ``runs`` rounds, one run of each per round in turn
+    (after one untimed warm-up run each), so that the machine's drift over the minutes a
+    benchmark takes weighs on all of them alike; ``pause`` seconds of idle before each run,
+    as between commands a person types."""
+    for command in commands.values():
+        command.run()
+    samples: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(runs):
+        for name, command in commands.items():
+            time.sleep(pause)
+            samples[name].append(command.run())
+    return samples
+
+
+def median_ratio(samples: dict[str, list[float]], ours: str, theirs: str) -> float:
+    """The median over rounds of ``ours / theirs`` (rounds from :func:`interleaved_seconds`)."""
+    return statistics.median(a / b for a, b in zip(samples[ours], samples[theirs], strict=True))
 
 
 @contextmanager
