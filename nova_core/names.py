@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from pathlib import Path
@@ -11,6 +12,7 @@ NAME_RULE = ("letters, digits, '.', '_' or '-', at most 63 characters, starting 
              "or digit")
 
 
+@functools.lru_cache(maxsize=16)
 def home_digest(nova_home: Path, length: int = 10) -> str:
     """Hex digits naming one NOVA_HOME in host-wide places (/run folders, nft tables)."""
     return hashlib.sha256(str(nova_home.resolve()).encode()).hexdigest()[:length]

@@ -117,6 +117,12 @@ def test_helper_runs_commands_with_the_callers_cwd_env_and_exit_status(
     cold = subprocess.run([NOVA, "validate", "--json"], cwd=tmp_path / "alpha", capture_output=True,
                           text=True, env={**warm.env, "NOVA_WARM": "0"}, timeout=60)
     assert cold.stdout == alpha.stdout and cold.returncode == alpha.returncode
+    # help options the helper made beforehand (-h from the group's context settings)
+    helped = warm.run("image", "ls", "-h")
+    cold_help = subprocess.run([NOVA, "image", "ls", "-h"], capture_output=True, text=True,
+                               env={**warm.env, "NOVA_WARM": "0"}, timeout=60)
+    assert helped.returncode == 0 and helped.stdout.startswith("Usage: nova image ls")
+    assert helped.stdout == cold_help.stdout and "-h, --help" in helped.stdout
 
 
 @contextmanager

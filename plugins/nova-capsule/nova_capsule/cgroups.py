@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import _thread
 import functools
 import os
-import threading
 from pathlib import Path
 
 from nova_core.hostinfo.cgroups import CgroupLayout, read_cgroup_layout
@@ -52,7 +52,7 @@ def remove_cgroup(capsule_id: str) -> None:
             pass
 
 
-def prime_migration(procs: Path | None = None) -> threading.Thread | None:
+def prime_migration(procs: Path | None = None) -> _thread.LockType | None:
     """Give the runtime's cgroup migration a head start, in a background thread.
 
     Every write to a ``cgroup.procs`` file takes the kernel's global
@@ -70,27 +70,36 @@ def prime_migration(procs: Path | None = None) -> threading.Thread | None:
     that misses the window only waits as it would have.
 
     :param procs: the file to write to; by default this process's own cgroup's
-    :returns: the thread (None when this process's cgroup is not found)
+    :returns: a lock held until the write is done (None when this process's cgroup is
+        not found)
     """
-    target = procs or own_procs_file()
+    target = procs or own_procs_file(pid=os.getpid())
     if target is None:
         return None
+    done = _thread.allocate_lock()
+    done.acquire()
 
-    def move() -> None:
+    def move() -> None:  # a bare thread: threading's start() waits until it runs
         try:
-            with open(target, "w") as file:
-                file.write(str(os.getpid()))
+            fd = os.open(target, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, str(os.getpid()).encode())
+            finally:
+                os.close(fd)
         except OSError:
             pass
+        finally:
+            done.release()
 
-    thread = threading.Thread(target=move, name="nova-cgroup-prime", daemon=True)
-    thread.start()
-    return thread
+    _thread.start_new_thread(move, ())
+    return done
 
 
-def own_procs_file(cgroup_root: Path = Path("/sys/fs/cgroup")) -> Path | None:
+@functools.lru_cache(maxsize=4)
+def own_procs_file(cgroup_root: Path = Path("/sys/fs/cgroup"), pid: int = 0) -> Path | None:
     """The ``cgroup.procs`` of this process's own cgroup in one mounted hierarchy (v1
-    hierarchies under ``cgroup_root``, else the cgroup2 mount)."""
+    hierarchies under ``cgroup_root``, else the cgroup2 mount). Looked up once per
+    process (``pid``: a forked child looks again)."""
     layout = host_cgroup_layout()
     try:
         lines = Path("/proc/self/cgroup").read_text().splitlines()

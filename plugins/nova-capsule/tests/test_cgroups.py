@@ -20,14 +20,11 @@ def test_migration_head_start_writes_this_pid_and_moves_nothing(tmp_path: Path) 
     it saves is timing, which bench/capsule_start.py measures, not this test."""
     stand_in = tmp_path / "cgroup.procs"
     stand_in.write_text("")
-    thread = prime_migration(stand_in)
-    assert thread is not None
-    thread.join(10)
-    assert not thread.is_alive() and stand_in.read_text() == str(os.getpid())
+    done = prime_migration(stand_in)
+    assert done is not None and done.acquire(timeout=10)
+    assert stand_in.read_text() == str(os.getpid())
     before = Path("/proc/self/cgroup").read_text()
     real = prime_migration()
-    assert real is not None
-    real.join(10)
-    assert not real.is_alive()
+    assert real is not None and real.acquire(timeout=10)
     assert Path("/proc/self/cgroup").read_text() == before
     assert str(os.getpid()) in own_procs_file().read_text().split()  # type: ignore[union-attr]
