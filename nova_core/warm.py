@@ -395,6 +395,7 @@ class _Helper:
         self.accepting = True
         self.learning = True
         self.listener: socket.socket | None = None
+        self.spare: tuple[int, socket.socket] | None = None  # a child forked ahead of need
         self.inode = 0
         self.mtimes = self._module_mtimes()
         if threading.active_count() > 1:
@@ -498,6 +499,8 @@ class _Helper:
             if self.listener in ready:
                 self._guarded(self._accept)
                 self.last = time.monotonic()
+            if self.accepting and not self.children and self.spare is None:
+                self._guarded(self._fork_spare)
             if self.accepting and not self.children:
                 if time.monotonic() - self.last >= self.idle:
                     self._stop_accepting()
@@ -507,6 +510,7 @@ class _Helper:
                             self.accepting = False  # replaced or removed
                     except OSError:
                         self.accepting = False
+        self._drop_spare()
         self.listener.close()
 
     def _guarded(self, step) -> None:  # noqa: ANN001
@@ -522,13 +526,16 @@ class _Helper:
             self.learning = False
 
     def _reap(self) -> None:
-        while self.children:
+        while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
+            if self.spare is not None and pid == self.spare[0]:
+                self.spare[1].close()
+                self.spare = None
             conn = self.children.pop(pid, None)
             if conn is None:
                 continue
@@ -558,6 +565,7 @@ class _Helper:
             except BaseException:  # noqa: BLE001 - a module that needs the child's context
                 continue
         _warm_up()
+        self._drop_spare()  # forked before these imports: the loop forks a new one
         self.mtimes = {**self._module_mtimes(), **self.mtimes}
         if threading.active_count() > 1:
             self._stop_accepting()  # an import started a thread: no more forks
@@ -611,9 +619,11 @@ class _Helper:
         cwd, umask, count = fields[1], int(fields[2]), int(fields[3])
         args = fields[4:4 + count]
         env = dict(item.partition("=")[::2] for item in fields[4 + count:])
-        pid = os.fork()
-        if pid == 0:
-            self._child(conn, fds, cwd, umask, args, env)
+        pid = self._hand_to_spare(data[:8] + body, conn, fds)
+        if pid is None:
+            pid = os.fork()
+            if pid == 0:
+                self._child(conn, fds, cwd, umask, args, env)
         for fd in fds:
             os.close(fd)
         self.served += 1
@@ -622,6 +632,73 @@ class _Helper:
             conn.sendall(b"P%d\n" % pid)
         except OSError:
             pass
+
+    # A command's child is forked ahead of need while the helper is idle, so a command
+    # does not wait for the fork (a copy of this process's page tables, 1-2 ms): the
+    # spare waits on a socket pair for the request, passed on as it came with the
+    # caller's connection and stdio, and then runs it as a freshly forked child would.
+    def _fork_spare(self) -> None:
+        import socket
+
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            self._spare_child(theirs)
+        theirs.close()
+        self.spare = (pid, ours)
+
+    def _drop_spare(self) -> None:
+        """Let the spare go (it exits when its socket closes; :meth:`_reap` reaps it)."""
+        if self.spare is not None:
+            self.spare[1].close()
+            self.spare = None
+
+    def _hand_to_spare(self, request: bytes, conn, fds: list[int]) -> int | None:  # noqa: ANN001
+        """Pass the request to the spare; its PID, or None if there is none (or it is gone)."""
+        import socket
+
+        if self.spare is None:
+            return None
+        pid, channel = self.spare
+        self.spare = None
+        try:
+            channel.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                         b"".join(fd.to_bytes(4, sys.byteorder)
+                                                  for fd in (conn.fileno(), *fds)))])
+        except OSError:
+            return None
+        finally:
+            channel.close()
+        return pid
+
+    def _spare_child(self, channel) -> None:  # noqa: ANN001
+        """In the spare: wait for a request, then run it (exits when the helper lets go)."""
+        import signal
+        import socket
+
+        try:
+            signal.set_wakeup_fd(-1)
+            for number in (signal.SIGCHLD, signal.SIGTERM):
+                signal.signal(number, signal.SIG_DFL)
+            assert self.listener is not None
+            self.listener.close()
+            data, ancillary, _, _ = channel.recvmsg(1 << 20, socket.CMSG_SPACE(4 * 4))
+            fds = [int.from_bytes(payload[i:i + 4], sys.byteorder)
+                   for level, kind, payload in ancillary
+                   if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
+                   for i in range(0, len(payload) - len(payload) % 4, 4)]
+            channel.close()
+            if not data or len(fds) != 4:
+                os._exit(0)
+            fields = [os.fsdecode(field) for field in data[8:].split(b"\0")]
+            conn = socket.socket(fileno=fds[0])
+            cwd, umask, count = fields[1], int(fields[2]), int(fields[3])
+            args = fields[4:4 + count]
+            env = dict(item.partition("=")[::2] for item in fields[4 + count:])
+        except BaseException:  # noqa: BLE001 - never back into the helper's loop
+            os._exit(1)
+        self._child(conn, fds[1:], cwd, umask, args, env)
 
     def _control(self, conn, command: str) -> None:  # noqa: ANN001
         import json
@@ -655,6 +732,7 @@ class _Helper:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             assert self.listener is not None
             self.listener.close()
+            self._drop_spare()
             for other in self.children.values():
                 other.close()
             for fd in (self.wake_r, self.wake_w, self.learn_r):

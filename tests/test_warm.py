@@ -172,15 +172,18 @@ def test_changed_code_makes_the_helper_step_down(warm: Warm) -> None:
 
 def test_stop_and_idle_timeout_end_the_helper(warm: Warm) -> None:
     first = warm.started()
+    assert wait_for(lambda: len(helpers(warm.folder)) == 2, 10), "no spare child forked"
     stop = warm.run("warm", "stop")
     assert stop.returncode == 0 and "stopped" in stop.stdout
     assert wait_for(lambda: not Path(f"/proc/{first['pid']}").exists(), 10)
+    assert wait_for(lambda: not helpers(warm.folder), 10), "the spare child outlived the helper"
     assert warm.sockets() == []
     assert "no warm helper" in warm.run("warm", "status").stdout
     warm.env["NOVA_WARM_IDLE"] = "1"
     second = warm.started()
     assert second["idle_timeout_seconds"] == 1
     assert wait_for(lambda: not Path(f"/proc/{second['pid']}").exists(), 15)
+    assert wait_for(lambda: not helpers(warm.folder), 10)
     assert warm.sockets() == []
 
 
