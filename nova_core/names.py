@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+_NAME = re.compile(NAME_PATTERN)
 NAME_RULE = ("letters, digits, '.', '_' or '-', at most 63 characters, starting with a letter "
              "or digit")
 
@@ -26,4 +27,4 @@ def mac_address(*parts: str) -> str:
 
 def is_valid_name(name: object) -> bool:
     """True for a valid project or resource name (the whole string, no trailing newline)."""
-    return isinstance(name, str) and re.fullmatch(NAME_PATTERN, name) is not None
+    return isinstance(name, str) and _NAME.fullmatch(name) is not None

@@ -12,11 +12,13 @@ import re
 
 _HEADER = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
 _KEY = re.compile(r"^\s*((?:\"[^\"]*\"|'[^']*'|[A-Za-z0-9_.\- \t])+?)\s*=")
+# compiled at import, which a warm helper's children inherit (re's own cache is per process)
+_PART = re.compile(r"\"([^\"]*)\"|'([^']*)'|([A-Za-z0-9_\-]+)")
 
 
 def _split_key(text: str) -> tuple[str, ...]:
     parts: list[str] = []
-    for match in re.finditer(r"\"([^\"]*)\"|'([^']*)'|([A-Za-z0-9_\-]+)", text):
+    for match in _PART.finditer(text):
         parts.append(next(g for g in match.groups() if g is not None))
     return tuple(parts)
 

@@ -26,15 +26,23 @@ def cgroup_path(capsule_id: str) -> str:
 def cgroup_dirs(capsule_id: str, root: Path = Path("/sys/fs/cgroup")) -> list[Path]:
     """Every folder the capsule's cgroup has: one per v1 controller, or one in v2."""
     layout = host_cgroup_layout()
-    found = []
     if layout.mode == "v2" and layout.v2_mount:
-        found.append(Path(layout.v2_mount) / PARENT / capsule_id)
+        candidates = [os.path.join(layout.v2_mount, PARENT, capsule_id)]
     else:
-        for entry in root.iterdir() if root.is_dir() else []:
-            candidate = entry / PARENT / capsule_id
-            if entry.is_dir() and not entry.is_symlink() and candidate.is_dir():
-                found.append(candidate)
-    return [path for path in found if path.is_dir()]
+        candidates = [os.path.join(folder, PARENT, capsule_id) for folder in _hierarchies(root)]
+    return [Path(path) for path in candidates if os.path.isdir(path)]
+
+
+@functools.lru_cache(maxsize=4)
+def _hierarchies(root: Path) -> tuple[str, ...]:
+    """The folders under ``root`` of the mounted hierarchies (not the symlinks such as
+    cpu -> cpu,cpuacct), listed once per process: they are set up at boot."""
+    try:
+        with os.scandir(root) as entries:
+            return tuple(sorted(entry.path for entry in entries
+                                if entry.is_dir(follow_symlinks=False)))
+    except OSError:
+        return ()
 
 
 def remove_cgroup(capsule_id: str) -> None:
