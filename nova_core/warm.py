@@ -27,7 +27,7 @@ This module is imported by every ``nova`` command before anything else: its
 client part uses only built-in modules (``_socket``, ``_signal``, ``zlib``).
 """
 
-from __future__ import annotations
+# no "from __future__ import annotations": the client imports only built-in modules (~0.2 ms)
 
 import os
 import sys

@@ -9,7 +9,7 @@ helper (:mod:`nova_core.warm`), which has everything imported already; without
 one it runs here and leaves a helper behind for the next command.
 """
 
-from __future__ import annotations
+# no "from __future__ import annotations": the client imports only built-in modules (~0.2 ms)
 
 import sys
 
