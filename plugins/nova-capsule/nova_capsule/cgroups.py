@@ -73,8 +73,8 @@ def prime_migration(procs: Path | None = None) -> _thread.LockType | None:
     So, while Nova still prepares a capsule, this thread moves this process into the
     cgroup it is in already (a no-op move; a refusal such as v2's EBUSY comes after the
     wait and does as well): the grace period then passes during Nova's own work, and the
-    runtime's write a few milliseconds later does not wait (``nova run --rm`` of
-    /bin/true: 71 -> 57 ms). Nothing depends on it: a failure is ignored, and a start
+    runtime's write a few milliseconds later does not wait (about 14 ms off ``nova run
+    --rm`` of /bin/true). Nothing depends on it: a failure is ignored, and a start
     that misses the window only waits as it would have.
 
     :param procs: the file to write to; by default this process's own cgroup's
