@@ -19,7 +19,7 @@
 Targets from the issue: Nova at most 1.05 x raw QEMU + 100 ms; faster than `virsh start`;
 no resident process per VM.
 
-    sudo .venv/bin/python bench/vm_boot.py [--runs 3] [--many 4]
+    sudo .venv/bin/python bench/vm_boot.py [--runs 7] [--many 4]
 
 Needs root, QEMU, the guest kernel (scripts/setup.sh) and, for the virsh column,
 libvirt-daemon-system. Everything lives in temporary folders and is removed afterwards.
@@ -106,7 +106,7 @@ def guest_table(name: str, initrd: Path, extra: str = "") -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--many", type=int, default=4)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="nova-bench-vm-"))
