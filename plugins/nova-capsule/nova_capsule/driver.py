@@ -69,12 +69,16 @@ class CapsuleDriver(ComputeDriver):
 
     # -- helpers -----------------------------------------------------------------
     def files(self, spec: InstanceSpec) -> CapsuleFiles:
-        """The capsule's folder."""
-        return capsule_files(self.context.nova_home, spec.ref.project, spec.ref.name)
+        """The capsule's folder (its paths, made once per driver: a command asks often)."""
+        key = (spec.ref.project, spec.ref.name)
+        if key not in self._files:
+            self._files[key] = capsule_files(self.context.nova_home, *key)
+        return self._files[key]
 
     def __init__(self, name: str, context: DriverContext) -> None:
         super().__init__(name, context)
         self._runtimes: dict[str, Runtime] = {}
+        self._files: dict[tuple[str, str], CapsuleFiles] = {}
 
     def _runtime(self, spec: InstanceSpec) -> Runtime:
         """The runtime the capsule asks for, found once per driver (status is polled)."""
@@ -461,21 +465,25 @@ class CapsuleDriver(ComputeDriver):
     def stop(self, spec: InstanceSpec, timeout: float) -> ResourceStatus:
         """SIGTERM, then SIGKILL after ``timeout``; then unmount (the upper layer stays)."""
         with CapsuleLock(self.context.nova_home, self._id(spec)):
-            files = self.files(spec)
-            if not files.exists():
+            if not self.files(spec).exists():
                 return ResourceStatus(ref=spec.ref, state=Lifecycle.MISSING)
-            meta = files.read()
-            runtime = self._runtime(spec)
-            files.stopping.write_text(str(time.time()))
-            if files.exit_code(meta.id) is None and self._running(runtime, meta.id):
-                if (runtime.state(meta.id) or {}).get("status") == "paused":
-                    runtime.call("resume", meta.id, check=False)  # a frozen task gets no signal
-                runtime.call("kill", meta.id, "TERM", check=False)
-                if not self._wait_stopped(runtime, meta.id, timeout):
-                    runtime.call("kill", meta.id, "KILL", check=False)
-                    self._wait_stopped(runtime, meta.id, 10)
-            self._teardown(runtime, meta, files)
+            self._halt(spec, timeout)
             return self.status(spec)
+
+    def _halt(self, spec: InstanceSpec, timeout: float) -> None:
+        """What :meth:`stop` does, without the status it returns (the caller holds the lock)."""
+        files = self.files(spec)
+        meta = files.read()
+        runtime = self._runtime(spec)
+        files.stopping.write_text(str(time.time()))
+        if files.exit_code(meta.id) is None and self._running(runtime, meta.id):
+            if (runtime.state(meta.id) or {}).get("status") == "paused":
+                runtime.call("resume", meta.id, check=False)  # a frozen task gets no signal
+            runtime.call("kill", meta.id, "TERM", check=False)
+            if not self._wait_stopped(runtime, meta.id, timeout):
+                runtime.call("kill", meta.id, "KILL", check=False)
+                self._wait_stopped(runtime, meta.id, 10)
+        self._teardown(runtime, meta, files)
 
     def pause(self, spec: InstanceSpec) -> ResourceStatus:
         """Freeze every process of the capsule (the runtime's cgroup freezer)."""
@@ -524,7 +532,7 @@ class CapsuleDriver(ComputeDriver):
             files = self.files(spec)
             capsule = self._id(spec)
             if files.exists():  # the stop tears down the runtime's state, mounts and cgroup
-                self.stop(spec, spec.stop_timeout if spec.stop_timeout < 5 else 5)
+                self._halt(spec, spec.stop_timeout if spec.stop_timeout < 5 else 5)
             else:
                 self._runtime(spec).remove(capsule)
                 remove_cgroup(capsule)
