@@ -627,9 +627,8 @@ def run(app: App, file: str | None, wait: bool, remove: bool, kind: str, name: s
 def _wait_and_show(app: App, project: str, kind: str, name: str) -> int:
     """Wait for an instance to stop, printing its output as it comes; return its exit code
     (1 if unknown)."""
-    import time as clock
-
     from nova_core.drivers.models import Lifecycle, LogRequest, ResourceKind
+    from nova_core.polling import Backoff
 
     spec, driver = app.engine.instance(project, ResourceKind(kind), name)
     shown = 0
@@ -637,10 +636,9 @@ def _wait_and_show(app: App, project: str, kind: str, name: str) -> int:
         click.echo(line.text, err=line.stream == "stderr")
         shown += 1
     status = driver.status(spec)
-    delay = 0.005
+    backoff = Backoff()
     while status.state in (Lifecycle.RUNNING, Lifecycle.PAUSED, Lifecycle.CREATED):
-        clock.sleep(delay)
-        delay = min(delay * 2, 0.1)
+        backoff.wait()
         status = driver.status(spec)
     for index, line in enumerate(driver.logs(spec, LogRequest())):
         if index >= shown:  # what a driver that follows until a pause only wrote since

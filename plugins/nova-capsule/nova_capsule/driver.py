@@ -51,6 +51,7 @@ from nova_core.drivers.models import (
     SnapshotInfo,
 )
 from nova_core.errors import NovaError
+from nova_core.polling import Backoff
 
 SPECIAL_NETWORKS = ("host", "none")  # as the NovaFile loader has them for containers
 
@@ -639,20 +640,19 @@ class CapsuleDriver(ComputeDriver):
                 lines = lines[-request.tail:] if request.tail else []
             for line in lines:
                 yield _parse_log_line(line)
-            delay = 0.005
+            backoff = Backoff()
             while request.follow:
                 line = handle.readline()
                 if line:
                     yield _parse_log_line(line.rstrip("\n"))
-                    delay = 0.005
+                    backoff.reset()
                     continue
                 if self.status(spec).state is not Lifecycle.RUNNING:
                     # conmon writes the last lines before the exit code: read them too
                     for rest in handle.read().splitlines():
                         yield _parse_log_line(rest)
                     break
-                time.sleep(delay)
-                delay = min(delay * 2, 0.1)
+                backoff.wait()
 
 
 def _host_resolv_conf() -> str:

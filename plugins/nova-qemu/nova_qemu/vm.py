@@ -41,6 +41,7 @@ from nova_core.drivers.models import (
 )
 from nova_core.errors import NovaError
 from nova_core.names import home_digest
+from nova_core.polling import Backoff
 
 QEMU = "qemu-system-x86_64"
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE.fd")
@@ -336,22 +337,21 @@ class VmDriver(ComputeDriver):
                 lines = lines[-request.tail:] if request.tail else []
             for line in lines:
                 yield LogLine(stream="stdout", text=line)
-            delay = 0.005
+            backoff = Backoff()
             while request.follow:
                 data = handle.read()
                 if data:
                     done, _, pending = (pending + decoder.decode(data).replace("\r", "")).rpartition("\n")
                     for line in _serial_lines(done):
                         yield LogLine(stream="stdout", text=line)
-                    delay = 0.005
+                    backoff.reset()
                     continue
                 if self.status(spec).state not in (Lifecycle.RUNNING, Lifecycle.PAUSED):
                     rest = pending + decoder.decode(handle.read(), final=True).replace("\r", "")
                     for line in _serial_lines(rest):
                         yield LogLine(stream="stdout", text=line)
                     return
-                time.sleep(delay)
-                delay = min(delay * 2, 0.1)
+                backoff.wait()
 
 
 def _serial_lines(text: str) -> list[str]:
