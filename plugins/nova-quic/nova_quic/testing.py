@@ -19,9 +19,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from nova_bridge.supervise import find_processes
-
 from nova_core.hostinfo import netns
+from nova_core.hostinfo.processes import command_lines
 
 LOOP = "trap 'exit 0' TERM; while true; do sleep 1; done"
 
@@ -144,5 +143,6 @@ class Site:
 
 
 def endpoint_processes(home: Path) -> list[int]:
-    """PIDs of overlay endpoints (and their loops) of NOVA_HOME ``home``."""
-    return [pid for pid in find_processes(str(home)) if pid in find_processes("nova_quic.endpoint")]
+    """PIDs of overlay endpoints (and their loops) of NOVA_HOME ``home`` (one /proc scan)."""
+    return [pid for pid, argv in command_lines()
+            if str(home) in (line := "\0".join(argv)) and "nova_quic.endpoint" in line]
