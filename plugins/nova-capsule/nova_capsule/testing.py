@@ -42,12 +42,13 @@ def capsule_leftovers(nova_home: Path) -> list[str]:
     from nova_core.hostinfo.processes import find_processes
 
     found = []
-    home = str(nova_home.resolve())
+    markers = (str(nova_home.resolve()), str(run_root(nova_home)))  # root folders and rootfs
     with open("/proc/self/mountinfo") as handle:
-        found += [line.split()[4] for line in handle if home in line.split()[4]]
-    for marker in (home, str(run_root(nova_home))):
+        found += [point for line in handle
+                  if any(marker in (point := line.split()[4]) for marker in markers)]
+    for marker in markers:  # unshare: the hybrid-cgroup wrapper before it becomes crun
         found += [f"{program} pid {pid}" for pid, program in
-                  find_processes(("conmon", "crun", "runc", "crun-hybrid"), marker)]
+                  find_processes(("conmon", "crun", "runc", "crun-hybrid", "unshare"), marker)]
     capsules = nova_home / "drivers" / "capsule" / "capsules"
     if capsules.is_dir():
         for project in capsules.iterdir():
