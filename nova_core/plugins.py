@@ -287,13 +287,11 @@ class PluginRegistry:
         self.hooks  # noqa: B018 - built for its side effect
         for kind in DriverKind:
             for name in self.driver_names(kind):
-                record = next(r for r in self.records(kind.group)
-                              if r.name == name and not self.is_disabled(r))
-                if record.value.partition(":")[0] in sys.modules:
-                    try:
+                try:
+                    if self.resolve(kind, name).value.partition(":")[0] in sys.modules:
                         self.driver_class(kind, name)
-                    except (DriverLoadError, DriverConflict, DriverNotFound):
-                        return False
+                except (DriverLoadError, DriverConflict, DriverNotFound):
+                    return False
         return not self._warned
 
     # -- hooks --------------------------------------------------------------------
