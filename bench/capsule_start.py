@@ -57,6 +57,7 @@ from timing import (
     helper_rss_kib,
     interleaved_seconds,
     median_ratio,
+    median_seconds,
     warm_helper,
 )
 
@@ -142,8 +143,7 @@ def main() -> int:
                 helper_kib = helper_rss_kib(nova, warm_env)
                 many_up, many_rss = nova_many(nova, warm_env, project, image, args.many)
             results.update((name, statistics.median(times)) for name, times in samples.items())
-            results["raw crun run, back to back"] = statistics.median(
-                interleaved_seconds({"floor": floor}, args.runs)["floor"])
+            results["raw crun run, back to back"] = median_seconds(floor.argv, args.runs)
             results["nova run --rm, NOVA_WARM=0"] = statistics.median(interleaved_seconds(
                 {"cold": Command(run_rm, dict(env, NOVA_WARM="0"), project)},
                 max(5, args.runs // 2), PAUSE)["cold"])
