@@ -632,11 +632,7 @@ class _Helper:
         for fd in fds:
             os.close(fd)
         self.served += 1
-        self.children[pid] = conn
-        try:
-            conn.sendall(b"P%d\n" % pid)
-        except OSError:
-            pass
+        self.children[pid] = conn  # the child says P<pid> itself (see _child)
 
     # A command's child is forked ahead of need while the helper is idle, so a command
     # does not wait for the fork (a copy of this process's page tables, 1-2 ms): the
@@ -742,6 +738,13 @@ class _Helper:
 
         code = 1
         try:
+            # the caller's first line, sent from here: a child (a ready spare, say) can
+            # finish before the helper would have sent it, and the caller must read the
+            # P line before the X line
+            try:
+                conn.sendall(b"P%d\n" % os.getpid())
+            except OSError:
+                pass  # the caller went away; the command still runs, as it would have
             signal.set_wakeup_fd(-1)
             for number in (signal.SIGCHLD, signal.SIGTERM):
                 signal.signal(number, signal.SIG_DFL)

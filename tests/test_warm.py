@@ -278,3 +278,17 @@ def test_the_caller_gets_the_result_before_deferred_work(warm: Warm, fake_distri
     marker.unlink()
     cold = warm.run("later", env={"LATER_FILE": str(marker), "NOVA_WARM": "0"})
     assert cold.returncode == 0 and cold.stdout == "result\n" and marker.read_text() == "done"
+
+
+def test_a_fast_command_runs_once(warm: Warm, tmp_path: Path) -> None:
+    """The caller reads the child's P line before its X line, however fast the child is: a
+    ready spare can finish a short command before the helper is done handing it over, and
+    a caller that read X first used to run the command a second time itself."""
+    (tmp_path / "NovaFile").write_text('project = "quick"\n')
+    cold = subprocess.run([NOVA, "validate", "--json"], cwd=tmp_path, capture_output=True,
+                          text=True, env={**warm.env, "NOVA_WARM": "0"}, timeout=60)
+    first = warm.started()
+    for _ in range(30):
+        done = warm.run("validate", "--json", cwd=tmp_path)
+        assert done.returncode == 0 and done.stdout == cold.stdout, done.stdout
+    assert warm.status()["pid"] == first["pid"]
