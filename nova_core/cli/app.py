@@ -33,6 +33,7 @@ class App:
     def __init__(self, debug: bool) -> None:
         self.debug = debug
         self.force = False  # set by commands with --force before the engine is built
+        self._stores: list[Store] = []
 
     @functools.cached_property
     def nova_home(self) -> Path:
@@ -49,7 +50,19 @@ class App:
     def store(self, readonly: bool = False) -> Store:
         from nova_core.state.store import Store
 
-        return Store(self.nova_home, readonly=readonly)
+        store = Store(self.nova_home, readonly=readonly)
+        if not self._stores:
+            from nova_core.afterwards import defer
+
+            defer(self._close_stores)
+        self._stores.append(store)
+        return store
+
+    def _close_stores(self) -> None:
+        """Close the command's stores once its result is out: the next command then finds the
+        write-ahead log folded into the database (see Store.close)."""
+        for store in self._stores:
+            store.close()
 
     @functools.cached_property
     def engine(self) -> Engine:

@@ -146,7 +146,11 @@ class Store:
             ) from error
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connection. The last connection to the database that closes folds the
+        write-ahead log into it and deletes it (SQLite does this when it can without
+        waiting). A connection that opens a database nobody has open reads back the whole
+        log first, to rebuild its index: up to 1000 pages, about 1.3 ms here at 600 pages,
+        so each ``nova`` command closes its stores when it is done (``App.store``)."""
         if self._conn is not None:
             self._conn.close()
             self._conn = None
