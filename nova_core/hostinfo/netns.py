@@ -3,7 +3,7 @@
 Network drivers put an instance's interfaces in a namespace named after the
 instance, so several networks (and several drivers) can plug one capsule in; the
 capsule's runtime then joins it by path. Made with unshare(2) in a short-lived
-thread and a bind mount, without forking ``ip``.
+thread (:mod:`nova_core.hostinfo.threads`) and a bind mount, without forking ``ip``.
 """
 
 from __future__ import annotations
@@ -16,13 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from nova_core.errors import NovaError
+from nova_core.hostinfo.threads import CLONE_NEWNET, check, in_thread, libc
 
 NETNS_DIR = Path("/run/netns")
-CLONE_NEWNET = 0x40000000
 MS_BIND = 4096
 MNT_DETACH = 2
-_libc = ctypes.CDLL(None, use_errno=True)
 T = TypeVar("T")
 
 
@@ -30,31 +28,6 @@ def instance_netns(nova_home: Path, project: str, kind: str, name: str) -> Path:
     """The namespace path of one instance (unique per NOVA_HOME, project and name)."""
     digest = hashlib.sha256(f"{nova_home.resolve()}\0{project}\0{kind}\0{name}".encode())
     return NETNS_DIR / f"nova-{name[:24]}-{digest.hexdigest()[:8]}"
-
-
-def _in_thread(work: Callable[[], T]) -> T:
-    """Run ``work`` in a fresh thread (namespace changes then die with the thread)."""
-    result: list[T] = []
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            result.append(work())
-        except BaseException as error:  # noqa: BLE001 - re-raised in the caller
-            failure.append(error)
-
-    thread = threading.Thread(target=run, name="nova-netns")
-    thread.start()
-    thread.join()
-    if failure:
-        raise failure[0]
-    return result[0]
-
-
-def _check(ret: int, what: str) -> None:
-    if ret != 0:
-        number = ctypes.get_errno()
-        raise NovaError(f"{what}: {os.strerror(number)}")
 
 
 def exists(path: Path) -> bool:
@@ -74,13 +47,13 @@ def create(path: Path) -> Path:
     path.touch(exist_ok=True)
 
     def make() -> None:
-        _check(_libc.unshare(CLONE_NEWNET), "making a network namespace")
+        check(libc.unshare(CLONE_NEWNET), "making a network namespace")
         source = f"/proc/self/task/{threading.get_native_id()}/ns/net".encode()
-        _check(_libc.mount(source, os.fsencode(path), None, MS_BIND, None),
+        check(libc.mount(source, os.fsencode(path), None, MS_BIND, None),
                f"pinning the network namespace at {path}")
 
     try:
-        _in_thread(make)
+        in_thread(make, name="nova-netns")
     except BaseException:
         path.unlink(missing_ok=True)
         raise
@@ -89,8 +62,8 @@ def create(path: Path) -> Path:
 
 def delete(path: Path) -> None:
     """Remove the namespace (its interfaces go with it); fine if it is gone."""
-    if _libc.umount2(os.fsencode(path), MNT_DETACH) != 0 and ctypes.get_errno() not in (2, 22):
-        _check(-1, f"unmounting {path}")
+    if libc.umount2(os.fsencode(path), MNT_DETACH) != 0 and ctypes.get_errno() not in (2, 22):
+        check(-1, f"unmounting {path}")
     path.unlink(missing_ok=True)
 
 
@@ -103,9 +76,9 @@ def run_inside(path: Path, work: Callable[[], T]) -> T:
     def enter_and_work() -> T:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            _check(_libc.setns(fd, CLONE_NEWNET), f"entering {path}")
+            check(libc.setns(fd, CLONE_NEWNET), f"entering {path}")
         finally:
             os.close(fd)
         return work()
 
-    return _in_thread(enter_and_work)
+    return in_thread(enter_and_work, name="nova-netns")
