@@ -182,11 +182,16 @@ class CapsuleFiles:
             return None
 
     # -- mounts ------------------------------------------------------------------
-    def mount(self, meta: CapsuleMeta, layer_dirs: list[Path]) -> None:
-        """Mount the idmapped layers, the overlay and the idmapped volumes (idempotent)."""
+    def mount(self, meta: CapsuleMeta, layer_dirs: list[Path], volatile: bool = False) -> None:
+        """Mount the idmapped layers, the overlay and the idmapped volumes (idempotent).
+
+        ``volatile`` for a run whose capsule is removed after it (``nova run --rm``):
+        its writable layer is never synced (:func:`idmap.mount_overlay`).
+        """
         if idmap.is_mounted(self.rootfs):
             return
         self.unmount()  # whatever a crash left half-mounted
+        idmap.forget_volatile(self.work)  # a throwaway run's capsule that stayed after all
         fd = idmap.user_namespace_fd(meta.uid_base, UID_COUNT)
         try:
             self.mount_sized_layer()
@@ -212,7 +217,8 @@ class CapsuleFiles:
                     target.touch()
                 idmap.bind_mount(source, target, bool(bind.get("read_only")))
             self.rootfs.mkdir(exist_ok=True)
-            idmap.mount_overlay(list(reversed(lowers)), self.upper, self.work, self.rootfs)
+            idmap.mount_overlay(list(reversed(lowers)), self.upper, self.work, self.rootfs,
+                                volatile)
         except BaseException:
             self.unmount()
             raise

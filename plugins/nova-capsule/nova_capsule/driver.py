@@ -359,7 +359,7 @@ class CapsuleDriver(ComputeDriver):
         if spec.restart != "no":
             return None
         with CapsuleLock(self.context.nova_home, self._id(spec)):
-            prepared = self._prepare_run(spec)
+            prepared = self._prepare_run(spec, throwaway=True)
             if prepared is None:
                 return None
             files, meta, runtime, run_id = prepared
@@ -374,11 +374,12 @@ class CapsuleDriver(ComputeDriver):
             return CapsuleRun(self.context.nova_home, files, meta, runtime, run_id, process,
                               status)
 
-    def _prepare_run(self, spec: InstanceSpec) -> tuple[CapsuleFiles, CapsuleMeta, Runtime,
-                                                        str] | None:
+    def _prepare_run(self, spec: InstanceSpec, throwaway: bool = False,
+                     ) -> tuple[CapsuleFiles, CapsuleMeta, Runtime, str] | None:
         """Everything a start does before launching (the caller holds the capsule's lock):
-        the root filesystem mounted, namespaces pinned, the bundle's config written and a
-        new run id recorded. None if the capsule is already running."""
+        the root filesystem mounted (volatile for a ``throwaway`` run), namespaces pinned,
+        the bundle's config written and a new run id recorded. None if the capsule is
+        already running."""
         assert isinstance(spec, ContainerSpec)
         files = self.files(spec)
         if not files.exists():
@@ -392,7 +393,7 @@ class CapsuleDriver(ComputeDriver):
         if state is not None:
             runtime.remove(meta.id)
         try:
-            files.mount(meta, self._layer_dirs(meta))
+            files.mount(meta, self._layer_dirs(meta), volatile=throwaway)
             self._pin(spec, files, meta.uid_base)  # again after a reboot cleared /run
             self._write_config(spec, files, meta)
             files.stopping.unlink(missing_ok=True)

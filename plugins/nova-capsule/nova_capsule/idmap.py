@@ -206,12 +206,30 @@ def idmapped_bind(source: Path, target: Path, userns_fd: int) -> None:
         os.close(tree)
 
 
-def mount_overlay(lowers: list[Path], upper: Path, work: Path, target: Path) -> None:
-    """Mount overlayfs at ``target`` (nodev); ``lowers`` top-most first."""
+def mount_overlay(lowers: list[Path], upper: Path, work: Path, target: Path,
+                  volatile: bool = False) -> None:
+    """Mount overlayfs at ``target`` (nodev); ``lowers`` top-most first.
+
+    ``volatile``: the upper layer is never synced, not even by the unmount, which
+    otherwise syncs the whole filesystem under it (1-3 ms here). For a layer that is
+    thrown away after the run: the kernel marks ``work`` so that it cannot be mounted
+    again (:func:`forget_volatile` lifts that).
+    """
     options = f"lowerdir={':'.join(map(str, lowers))},upperdir={upper},workdir={work}"
+    if volatile:
+        options += ",volatile"
     if _libc.mount(b"overlay", os.fsencode(target), b"overlay", MS_NODEV,
                    options.encode()) != 0:
         raise _error(f"mounting the overlay at {target}")
+
+
+def forget_volatile(work: Path) -> None:
+    """Let the overlay of ``work`` be mounted again after a volatile mount: the mark the
+    kernel left is removed. Whatever the volatile run wrote may be lost if the host
+    crashed since; that run's layer was meant to be thrown away."""
+    import shutil
+
+    shutil.rmtree(work / "work" / "incompat", ignore_errors=True)
 
 
 def bind_mount(source: Path, target: Path, read_only: bool) -> None:

@@ -519,3 +519,40 @@ def test_idmapped_bind_maps_root_to_the_range(tmp_path: Path, make_namespace) ->
     finally:
         idmap.unmount(target)
     assert not idmap.is_mounted(target)
+
+
+def root_is_volatile(mountinfo: str) -> bool:
+    """Whether the root mount in a /proc/self/mountinfo text is a volatile overlay (the
+    kernel shows the option as ``volatile``, newer ones as ``fsync=volatile``)."""
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if len(fields) > 4 and fields[4] == "/":
+            options = fields[-1].split(",")
+            return "volatile" in options or "fsync=volatile" in options
+    raise AssertionError(f"no root mount in {mountinfo!r}")
+
+
+def test_a_throwaway_run_is_volatile_and_the_capsule_starts_normally_after(
+        driver: CapsuleDriver, tmp_path: Path) -> None:
+    """start_attached (``nova run --rm``) mounts the writable layer volatile: never synced,
+    not even when unmounted. The kernel then marks the layer against any further mount;
+    a later ordinary start of the same capsule (if it was not removed after all) lifts
+    the mark and mounts it durable again, keeping what the run wrote."""
+    spec = container(tmp_path)
+    driver.create(spec)
+    try:
+        once = spec.model_copy(update={"command": ["sh", "-c",
+                                                   "echo kept > /kept; cat /proc/self/mountinfo"]})
+        run = driver.start_attached(once)
+        assert run is not None
+        lines = [line.text for line in run.output()]
+        assert run.wait() == 0
+        assert root_is_volatile("\n".join(lines))
+        work = driver.files(spec).work
+        assert (work / "work" / "incompat" / "volatile").is_dir()  # the kernel's mark
+        driver.start(spec)
+        done = exec_out(driver, spec, "cat /kept; cat /proc/self/mountinfo")
+        assert done.stdout.startswith("kept\n"), done
+        assert not root_is_volatile(done.stdout)
+    finally:
+        driver.delete(spec)
