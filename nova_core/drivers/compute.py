@@ -99,8 +99,11 @@ class ComputeDriver(Driver):
 
         The instance is otherwise what :meth:`start` makes: :meth:`status`, :meth:`logs`,
         :meth:`stop` and :meth:`delete` work on it while it runs. If this process dies,
-        the instance may lose its output. Return None when the driver cannot, or not for
-        this spec: the caller then uses :meth:`start` and follows :meth:`logs`.
+        the instance may lose its output. The caller deletes the instance after the run,
+        so its writable state need not survive a crash of the host (the capsule driver
+        does not sync it); a later :meth:`start` must still work if the delete did not
+        happen. Return None when the driver cannot, or not for this spec: the caller
+        then uses :meth:`start` and follows :meth:`logs`.
         """
         return None
 
