@@ -211,7 +211,8 @@ def mount_overlay(lowers: list[Path], upper: Path, work: Path, target: Path,
     """Mount overlayfs at ``target`` (nodev); ``lowers`` top-most first.
 
     ``volatile``: the upper layer is never synced, not even by the unmount, which
-    otherwise syncs the whole filesystem under it (1-3 ms here). For a layer that is
+    otherwise syncs the whole filesystem under it (about 1 ms here on a quiet disk,
+    any amount on a busy one). For a layer that is
     thrown away after the run: the kernel marks ``work`` so that it cannot be mounted
     again (:func:`forget_volatile` lifts that).
     """
