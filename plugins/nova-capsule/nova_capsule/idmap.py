@@ -212,9 +212,9 @@ def mount_overlay(lowers: list[Path], upper: Path, work: Path, target: Path,
 
     ``volatile``: the upper layer is never synced, not even by the unmount, which
     otherwise syncs the whole filesystem under it (about 1 ms here on a quiet disk,
-    any amount on a busy one). For a layer that is
-    thrown away after the run: the kernel marks ``work`` so that it cannot be mounted
-    again (:func:`forget_volatile` lifts that).
+    any amount on a busy one). For a layer that is thrown away after the run: the
+    kernel marks ``work`` so that it cannot be mounted again (:func:`forget_volatile`
+    lifts that).
     """
     options = f"lowerdir={':'.join(map(str, lowers))},upperdir={upper},workdir={work}"
     if volatile:
