@@ -589,10 +589,7 @@ class _Helper:
                 return
             conn.settimeout(5)
             data, ancillary, _, _ = conn.recvmsg(1 << 16, socket.CMSG_SPACE(3 * 4))
-            for level, kind, payload in ancillary:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    fds += [int.from_bytes(payload[i:i + 4], sys.byteorder)
-                            for i in range(0, len(payload) - len(payload) % 4, 4)]
+            fds += _passed_fds(ancillary)
             size = int.from_bytes(data[:8], "little")
             body = data[8:]
             while len(body) < size:
@@ -621,14 +618,12 @@ class _Helper:
                 pass  # a probe (another helper checking that this one lives) does not wait
             conn.close()
             return
-        cwd, umask, count = fields[1], int(fields[2]), int(fields[3])
-        args = fields[4:4 + count]
-        env = dict(item.partition("=")[::2] for item in fields[4 + count:])
+        command = _command(fields)
         pid = self._hand_to_spare(data[:8] + body, conn, fds)
         if pid is None:
             pid = os.fork()
             if pid == 0:
-                self._child(conn, fds, cwd, umask, args, env)
+                self._child(conn, fds, *command)
         for fd in fds:
             os.close(fd)
         self.served += 1
@@ -696,21 +691,16 @@ class _Helper:
             _fault_in()
             channel.send(b"ready")
             data, ancillary, _, _ = channel.recvmsg(1 << 20, socket.CMSG_SPACE(4 * 4))
-            fds = [int.from_bytes(payload[i:i + 4], sys.byteorder)
-                   for level, kind, payload in ancillary
-                   if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
-                   for i in range(0, len(payload) - len(payload) % 4, 4)]
+            fds = _passed_fds(ancillary)
             channel.close()
             if not data or len(fds) != 4:
                 os._exit(0)
             fields = [os.fsdecode(field) for field in data[8:].split(b"\0")]
             conn = socket.socket(fileno=fds[0])
-            cwd, umask, count = fields[1], int(fields[2]), int(fields[3])
-            args = fields[4:4 + count]
-            env = dict(item.partition("=")[::2] for item in fields[4 + count:])
+            command = _command(fields)
         except BaseException:  # noqa: BLE001 - never back into the helper's loop
             os._exit(1)
-        self._child(conn, fds[1:], cwd, umask, args, env)
+        self._child(conn, fds[1:], *command)
 
     def _control(self, conn, command: str) -> None:  # noqa: ANN001
         import json
@@ -817,6 +807,23 @@ class _Helper:
                 except BaseException:  # noqa: BLE001,S110 - exiting anyway
                     pass
             os._exit(code)
+
+
+def _passed_fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    """The file descriptors an SCM_RIGHTS message carried (``recvmsg``'s ancillary data)."""
+    import socket
+
+    return [int.from_bytes(payload[i:i + 4], sys.byteorder)
+            for level, kind, payload in ancillary
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
+            for i in range(0, len(payload) - len(payload) % 4, 4)]
+
+
+def _command(fields: list[str]) -> tuple[str, int, list[str], dict[str, str]]:
+    """(cwd, umask, args, environment) of a request's fields (after the key)."""
+    count = int(fields[3])
+    env = dict(item.partition("=")[::2] for item in fields[4 + count:])
+    return fields[1], int(fields[2]), fields[4:4 + count], env
 
 
 def _fault_in() -> None:
