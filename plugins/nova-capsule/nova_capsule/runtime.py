@@ -58,7 +58,11 @@ class Runtime:
         """A runtime command line, through the hybrid-cgroup wrapper's command line where
         it is needed (the wrapper's script is for conmon, which takes one program)."""
         if self._wrapped(args):
-            return [*self.wrapper_argv, self.binary, f"--root={self.state_root}", *args]
+            return [*self.wrapper_argv, *self._bare(args)]
+        return self._bare(args)
+
+    def _bare(self, args: tuple[str, ...]) -> list[str]:
+        """The runtime's own command line, without any wrapper."""
         return [self.binary, f"--root={self.state_root}", *args]
 
     def popen(self, *args: str, **options: Any) -> subprocess.Popen[bytes]:
@@ -66,7 +70,7 @@ class Runtime:
         this process does what it does: a short-lived thread takes a private copy of the
         mount namespace, unmounts the cgroup2 mount there and starts the runtime, which
         keeps that namespace. That spares the wrapper's three programs (about 3 ms)."""
-        command = [self.binary, f"--root={self.state_root}", *args]
+        command = self._bare(args)
         if not self._wrapped(args):
             return subprocess.Popen(command, **options)
         from nova_core.hostinfo.threads import in_private_mounts
