@@ -202,14 +202,17 @@ class BridgeDriver(NetworkDriver):
                 return [RenderedDetail(title="error", body=error.message)]
             if not spec.subnet:
                 record.subnet = "<a free private /24, picked at create>"
-        rules = firewall.chain_rules([record]) if "<" not in str(record.subnet) else {}
+        known = "<" not in str(record.subnet)
+        rules = firewall.table_rules([record], links=()) if known else {}
         text = [f"bridge {record.bridge} subnet {record.subnet or '-'} gateway "
                 f"{record.gateway or '-'}" + (f" subnet6 {record.subnet6}" if record.subnet6 else "")]
         for chain, items in rules.items():
             for _expressions, comment in items:
-                text.append(f"{firewall.table_name(self.context.nova_home)} {chain}: {comment}")
+                family, _, name = chain.partition(" ")
+                text.append(f"{family} {firewall.table_name(self.context.nova_home)} {name}: "
+                            f"{comment}")
         detail = [RenderedDetail(title="network", body="\n".join(text))]
-        if DnsService.wanted(record) and "<" not in str(record.subnet):
+        if DnsService.wanted(record) and known:
             detail.append(RenderedDetail(title="dnsmasq.conf",
                                          body=self.dns_service(record).config(record)))
         return detail

@@ -1,12 +1,16 @@
-"""NAT, isolation and published ports in nftables: Nova's own table only, replaced atomically.
+"""NAT, isolation and published ports in nftables: Nova's own tables only, replaced atomically.
 
-Each NOVA_HOME owns one table, ``inet nova_<hash>``, rebuilt from the ledger on every
-change and loaded as a single ``nft -j -f -`` transaction ("add table; delete table;
-add table; chains; rules"), so the host never sees half a ruleset and rules Nova did
-not make are never read, flushed or edited. With no networks left, the table goes.
+Each NOVA_HOME owns two tables of one name, ``inet nova_<hash>`` and ``bridge
+nova_<hash>``, rebuilt from the ledger on every change and loaded as a single
+transaction ("add table; delete table; add table; chains; rules"), so the host never
+sees half a ruleset and rules Nova did not make are never read, flushed or edited.
+With no networks left, the tables go.
 
-- raw prerouting and output: no loopback addresses from a bridge; no connection
-  tracking for instance-to-instance traffic and the VXLAN underlay (never NATed).
+- bridge prerouting (every frame entering a bridge port, before br_netfilter hands
+  it to the ``inet`` hooks): each instance port's anti-spoofing chain; no connection
+  tracking for instance-to-instance traffic (never NATed), decided here so the
+  frames pass the ``inet`` chains as untracked; no loopback addresses from a bridge.
+- inet raw prerouting and output: no connection tracking for the VXLAN underlay.
 - input: an instance reaches only its own network's gateway; an isolated network
   only DNS and DHCP.
 - forward: an ``isolated`` network's traffic stays on its bridge; others let in only
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Container
 from pathlib import Path
 from typing import Any
 
@@ -171,34 +176,98 @@ def port_rules(record: NetworkRecord, lease: Lease) -> Rules:
     return rules
 
 
-def raw_rules(record: NetworkRecord) -> tuple[Rules, Rules]:
-    """(prerouting, output) rules before connection tracking.
+def _neighbours(record: NetworkRecord) -> list[tuple[str, str, str | None]]:
+    """(family, subnet, gateway) of each of ``record``'s subnets."""
+    return [(_family(subnet), subnet, gateway)
+            for subnet, gateway in ((record.subnet, record.gateway),
+                                    (record.subnet6, record.gateway6)) if subnet]
 
-    - Nothing from the bridge may claim or target 127.0.0.0/8: the bridge has
-      ``route_localnet`` (for ports published on localhost), which would otherwise
-      let an instance reach the host's loopback-only services.
-    - Traffic that is never NATed skips connection tracking, which costs about a
-      tenth of the throughput between instances: instance to instance within the
-      bridge's subnet (not to a gateway address, where masqueraded hairpin replies
-      arrive) and the VXLAN underlay to and from the peers.
+
+def _to_neighbours(family: str, subnet: str, gateway: str | None) -> list[Rule]:
+    """Matches a packet for another address of ``subnet`` (not the gateway, where
+    masqueraded hairpin replies arrive and so need connection tracking)."""
+    where = [_match(_payload(family, "daddr"), _prefix(subnet))]
+    if gateway:
+        where.append(_match(_payload(family, "daddr"), gateway, "!="))
+    return where
+
+
+UNTRACKED = [{"notrack": None}, {"accept": None}]
+
+#: Every port Nova plugs into a bridge is named ``nv`` + a letter + a hash (``nvv`` veth,
+#: ``nvt`` tap, ``nvx`` VXLAN, ``nvq`` quic), whichever NOVA_HOME made it.
+NOVA_PORTS = "nv*"
+
+
+def _loopback_drops(label: str, *where: Rule) -> Rules:
+    return [([*where, _match(_meta("protocol"), "ip"),
+              _match(_payload("ip", field), _prefix("127.0.0.0/8")), {"drop": None}],
+             f"{label}: no loopback {field} from the bridge") for field in ("saddr", "daddr")]
+
+
+def shared_ports(record: NetworkRecord) -> list[str]:
+    """``record``'s bridge ports that are no instance's: uplinks, the VXLAN device, the
+    quic endpoint's TAP."""
+    ports = list(record.interfaces)
+    for extra, key in ((record.vxlan, "device"), (record.overlay, "tap")):
+        if extra and extra.get(key):
+            ports.append(str(extra[key]))
+    return ports
+
+
+def shared_port_rules(record: NetworkRecord) -> Rules:
+    """The chain for frames entering ``record``'s bridge from its :func:`shared_ports`.
+
+    - Traffic within the bridge's subnet (except to a gateway address, where
+      masqueraded hairpin replies arrive) is never NATed, so it skips connection
+      tracking, which costs about a tenth of the throughput.
+    - Nothing may claim or target 127.0.0.0/8 (see :func:`bridge_chain_rules`).
     """
+    label = _label(record)
+    rules: Rules = [([_match(_meta("protocol"), family),
+                      _match(_payload(family, "saddr"), _prefix(subnet)),
+                      *_to_neighbours(family, subnet, gateway), *UNTRACKED],
+                     f"{label}: instance to instance") for family, subnet, gateway in
+                    _neighbours(record)]
+    return rules + _loopback_drops(label)
+
+
+def port_chains(records: list[NetworkRecord]) -> dict[str, str]:
+    """Bridge port -> the ``bridge`` table chain its frames jump to: an instance's port to
+    its own chain (named after the port), a shared port to its bridge's chain."""
+    chains = {lease.link: lease.link for record in records for lease in record.leases.values()}
+    chains.update((port, record.bridge) for record in records for port in shared_ports(record))
+    return chains
+
+
+def bridge_chain_rules(records: list[NetworkRecord]) -> dict[str, Rules]:
+    """Every chain's rules in the ``bridge`` table.
+
+    The base chain, ``ports``, sees every frame entering a bridge port, before
+    br_netfilter hands it to the ``inet`` hooks. Its first rule (added by
+    :func:`transaction`) is a verdict map from each of Nova's ports to its chain
+    (:func:`port_chains`), where frames between two instances of a network are marked
+    untracked and accepted at once, so they pass the ``inet`` chains as cheaply as
+    they can. What comes back from a port's chain meets the last rules: nothing from
+    a Nova port (any NOVA_HOME's, started or not) may claim or target 127.0.0.0/8. The
+    bridges have ``route_localnet`` (for ports published on localhost), which would
+    otherwise let an instance reach the host's loopback-only services, or, through
+    DNAT, ports other instances publish on localhost only.
+    """
+    chains: dict[str, Rules] = {"ports": _loopback_drops("nova", _match(_meta("iifname"),
+                                                                        NOVA_PORTS))}
+    chains.update(antispoof_chains(records))
+    chains.update((record.bridge, shared_port_rules(record)) for record in records
+                  if shared_ports(record))
+    return chains
+
+
+def raw_rules(record: NetworkRecord) -> tuple[Rules, Rules]:
+    """(prerouting, output) rules before connection tracking: the VXLAN underlay to and
+    from the peers is never NATed, so it skips connection tracking."""
     pre: Rules = []
     out: Rules = []
-    bridge, label = record.bridge, _label(record)
-    inside = _match(_meta("iifname"), bridge)
-    if record.subnet and _family(record.subnet) == "ip":
-        for field in ("saddr", "daddr"):
-            pre.append(([inside, _match(_payload("ip", field), _prefix("127.0.0.0/8")),
-                         {"drop": None}], f"{label}: no loopback {field} from the bridge"))
-    for subnet, gateway in ((record.subnet, record.gateway), (record.subnet6, record.gateway6)):
-        if not subnet:
-            continue
-        family = _family(subnet)
-        where = [inside, _match(_payload(family, "saddr"), _prefix(subnet)),
-                 _match(_payload(family, "daddr"), _prefix(subnet))]
-        if gateway:
-            where.append(_match(_payload(family, "daddr"), gateway, "!="))
-        pre.append(([*where, {"notrack": None}], f"{label}: instance to instance"))
+    label = _label(record)
     vxlan = record.vxlan or {}
     for peer in vxlan.get("peers", []):  # type: ignore[union-attr]
         family = _family(str(peer))
@@ -256,28 +325,46 @@ def chain_rules(records: list[NetworkRecord]) -> dict[str, Rules]:
     return chains
 
 
+def table_rules(records: list[NetworkRecord],
+                links: Container[str] | None = None) -> dict[str, Rules]:
+    """"FAMILY CHAIN" -> rules, of both tables; instance port chains only of ``links``
+    (all when None)."""
+    instance_ports = {lease.link for record in records for lease in record.leases.values()}
+    chains = {f"inet {chain}": rules for chain, rules in chain_rules(records).items()}
+    chains.update((f"bridge {chain}", rules) for chain, rules in bridge_chain_rules(records).items()
+                  if links is None or chain not in instance_ports or chain in links)
+    return chains
+
+
 def rule_comments(records: list[NetworkRecord], record: NetworkRecord) -> list[tuple[str, str]]:
-    """(chain, comment) of ``record``'s rules as :func:`transaction` would load them."""
+    """("FAMILY CHAIN", comment) of ``record``'s rules as :func:`transaction` loads them.
+
+    An instance port's chain counts once its lease is ``guarded``: attaching an
+    instance does not reload the tables, starting it does.
+    """
     prefix = _label(record) + ":"
-    return sorted((chain, comment[:128]) for chain, rules in chain_rules(records).items()
+    guarded = {lease.link for lease in record.leases.values() if lease.guarded}
+    return sorted((chain, comment[:128]) for chain, rules in table_rules(records, guarded).items()
                   for _, comment in rules if comment.startswith(prefix))
 
 
 def loaded_comments(table: str, record: NetworkRecord) -> list[tuple[str, str]] | None:
-    """(chain, comment) of ``record``'s rules in the host's table; None without the table."""
-    try:
-        done = subprocess.run(["nft", "-j", "list", "table", "inet", table], capture_output=True,
-                              text=True)
-    except FileNotFoundError:
-        return None
-    if done.returncode != 0:
-        return None
+    """("FAMILY CHAIN", comment) of ``record``'s rules in the host's tables; None when
+    either table is missing."""
     prefix = _label(record) + ":"
     found = []
-    for item in json.loads(done.stdout).get("nftables", []):
-        rule = item.get("rule")
-        if rule and str(rule.get("comment", "")).startswith(prefix):
-            found.append((rule["chain"], rule["comment"]))
+    for family in ("inet", "bridge"):
+        try:
+            done = subprocess.run(["nft", "-j", "list", "table", family, table],
+                                  capture_output=True, text=True)
+        except FileNotFoundError:
+            return None
+        if done.returncode != 0:
+            return None
+        for item in json.loads(done.stdout).get("nftables", []):
+            rule = item.get("rule")
+            if rule and str(rule.get("comment", "")).startswith(prefix):
+                found.append((f"{family} {rule['chain']}", rule["comment"]))
     return sorted(found)
 
 
@@ -293,8 +380,16 @@ def antispoof_chains(records: list[NetworkRecord]) -> dict[str, Rules]:
     for record in records:
         for lease in record.leases.values():
             label = f"{_label(record)}: {lease.instance}"
-            rules: Rules = [([_match({"payload": {"protocol": "ether", "field": "saddr"}},
-                                     lease.mac, "!="), {"drop": None}], f"{label} MAC")]
+            mac = {"payload": {"protocol": "ether", "field": "saddr"}}
+            rules: Rules = []
+            for family, subnet, gateway in _neighbours(record):  # the common case first
+                address = lease.ip if family == "ip" else lease.ip6
+                if address:
+                    rules.append(([_match(mac, lease.mac), _match(_meta("protocol"), family),
+                                   _match(_payload(family, "saddr"), address),
+                                   *_to_neighbours(family, subnet, gateway), *UNTRACKED],
+                                  f"{label} to instances"))
+            rules.append(([_match(mac, lease.mac, "!="), {"drop": None}], f"{label} MAC"))
             ipv4 = [lease.ip] if lease.ip else []
             if lease.endpoint == "tap":
                 ipv4.append("0.0.0.0")
@@ -315,27 +410,33 @@ def antispoof_chains(records: list[NetworkRecord]) -> dict[str, Rules]:
     return chains
 
 
+def _rule(family: str, table: str, chain: str, expressions: list[Rule],
+          comment: str) -> dict[str, Any]:
+    return {"add": {"rule": {"family": family, "table": table, "chain": chain,
+                             "expr": expressions, "comment": comment[:128]}}}
+
+
 def _bridge_commands(table: str, records: list[NetworkRecord]) -> list[dict[str, Any]]:
-    """The ``bridge`` family table: a verdict map from each instance port to its chain."""
+    """The ``bridge`` table: the frames entering Nova's bridges, per port."""
     ref = {"family": "bridge", "name": table}
     commands: list[dict[str, Any]] = [{"add": {"table": ref}}, {"delete": {"table": ref}}]
-    chains = antispoof_chains(records)
-    if not chains:
+    if not records:
         return commands
     commands.append({"add": {"table": ref}})
-    commands.append({"add": {"chain": {"family": "bridge", "table": table, "name": "ports",
-                                       "type": "filter", "hook": "prerouting", "prio": -200,
-                                       "policy": "accept"}}})
-    for link, rules in chains.items():
-        commands.append({"add": {"chain": {"family": "bridge", "table": table, "name": link}}})
-        for expressions, comment in rules:
-            commands.append({"add": {"rule": {"family": "bridge", "table": table, "chain": link,
-                                              "expr": expressions, "comment": comment[:128]}}})
-    commands.append({"add": {"rule": {
-        "family": "bridge", "table": table, "chain": "ports", "comment": "each instance port",
-        "expr": [{"vmap": {"key": _meta("iifname"),
-                           "data": {"set": [[link, {"jump": {"target": link}}]
-                                            for link in chains]}}}]}}})
+    chains = bridge_chain_rules(records)
+    for name in chains:
+        hook = {"type": "filter", "hook": "prerouting", "prio": -200,
+                "policy": "accept"} if name == "ports" else {}
+        commands.append({"add": {"chain": {"family": "bridge", "table": table, "name": name,
+                                           **hook}}})
+    jumps = port_chains(records)
+    if jumps:
+        commands.append(_rule("bridge", table, "ports", [{"vmap": {
+            "key": _meta("iifname"),
+            "data": {"set": [[port, {"jump": {"target": chain}}]
+                             for port, chain in jumps.items()]}}}], "each port of Nova's"))
+    commands += [_rule("bridge", table, chain, *rule)
+                 for chain, rules in chains.items() for rule in rules]
     return commands
 
 
@@ -353,11 +454,8 @@ def transaction(table: str, records: list[NetworkRecord]) -> dict[str, Any]:
             commands.append({"add": {"chain": {"family": "inet", "table": table, "name": name,
                                                "type": kind, "hook": hook, "prio": priority,
                                                "policy": "accept"}}})
-        for chain, rules in chains.items():
-            for expressions, comment in rules:
-                commands.append({"add": {"rule": {"family": "inet", "table": table,
-                                                  "chain": chain, "expr": expressions,
-                                                  "comment": comment[:128]}}})
+        commands += [_rule("inet", table, chain, *rule)
+                     for chain, rules in chains.items() for rule in rules]
     return {"nftables": [{"metainfo": {"json_schema_version": 1}}, *commands]}
 
 

@@ -475,6 +475,83 @@ def test_the_bridge_never_reaches_the_hosts_loopback(driver: BridgeDriver, made)
     driver.detach(spec, attachment)
 
 
+def tracked_pairs() -> set[tuple[str, str]]:
+    """(source, destination) of the host's connection-tracking entries (original way)."""
+    from pyroute2 import Conntrack
+
+    with Conntrack() as conntrack:
+        return {(entry.tuple_orig.saddr, entry.tuple_orig.daddr)
+                for entry in conntrack.dump_entries()}
+
+
+def test_traffic_between_instances_skips_connection_tracking(driver: BridgeDriver,
+                                                             made) -> None:
+    """Frames between two started instances are marked untracked at their port, before
+    br_netfilter passes them to the inet hooks; a ping to the gateway is tracked (it may
+    be a masqueraded hairpin reply), which shows the check can see an entry."""
+    spec = made(network(subnet="10.251.21.0/24"))
+    pair = []
+    for name in ("ct1", "ct2"):
+        attachment = driver.attach(spec, capsule(name))
+        driver.instance_started(spec, attachment, capsule(name))
+        pair.append(attachment)
+    try:
+        first, second = (Path(a.details["netns"]) for a in pair)
+        ip1, ip2 = (str(a.details["ip"]) for a in pair)
+        assert in_ns(first, "busybox", "ping", "-c2", "-W2", ip2).returncode == 0
+        assert in_ns(second, "busybox", "ping", "-c2", "-W2", ip1).returncode == 0
+        assert in_ns(first, "busybox", "ping", "-c1", "-W2", "10.251.21.1").returncode == 0
+        tracked = tracked_pairs()
+        assert (ip1, "10.251.21.1") in tracked
+        assert not {(ip1, ip2), (ip2, ip1)} & tracked
+    finally:
+        for attachment in pair:
+            driver.detach(spec, attachment)
+
+
+def test_a_lan_host_on_an_uplink_is_untracked_and_kept_from_loopback(nova_home: Path) -> None:
+    """An uplink (``interfaces``) has no instance's chain: its frames take the bridge's own,
+    which skips connection tracking within the subnet and drops loopback addresses. The
+    LAN host is a namespace on a veth whose host end is the uplink; its name does not
+    start with ``nv`` (as an uplink's would not), so Nova's port-name rule misses it."""
+    lan = "nvtest-lan22"
+    netns.create(netns.NETNS_DIR / lan)
+    subprocess.run(["ip", "link", "add", "brtup22", "type", "veth", "peer", "name", "eth0",
+                    "netns", lan], check=True)
+    driver = BridgeDriver("bridge", DriverContext(nova_home=nova_home))
+    spec = network("up22", subnet="10.251.22.0/24", interfaces=["brtup22"])
+    attachment = None
+    try:
+        driver.create(spec)
+        attachment = driver.attach(spec, capsule("inside", net="up22"))
+        driver.instance_started(spec, attachment, capsule("inside", net="up22"))
+        for argv in (["addr", "add", "10.251.22.50/24", "dev", "eth0"],
+                     ["link", "set", "eth0", "up"], ["link", "set", "lo", "up"]):
+            subprocess.run(["ip", "-n", lan, *argv], check=True)
+        outside = netns.NETNS_DIR / lan
+        inside = str(attachment.details["ip"])
+        assert in_ns(outside, "busybox", "ping", "-c2", "-W2", inside).returncode == 0
+        assert not {("10.251.22.50", inside), (inside, "10.251.22.50")} & tracked_pairs()
+        with socket.socket() as service:
+            service.bind(("127.0.0.1", 0))
+            service.listen()
+            port = service.getsockname()[1]
+            for argv in (["addr", "flush", "dev", "lo"],
+                         ["route", "add", "127.0.0.1/32", "via", "10.251.22.1", "dev", "eth0"]):
+                subprocess.run(["ip", "-n", lan, *argv], check=True)
+            in_ns(outside, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/conf/eth0/route_localnet")
+            in_ns(outside, "timeout", "3", "busybox", "nc", "127.0.0.1", str(port))
+            service.setblocking(False)
+            with pytest.raises(BlockingIOError):  # no connection is waiting to be accepted
+                service.accept()
+    finally:
+        if attachment is not None:
+            driver.detach(spec, attachment)
+        driver.delete(spec)
+        subprocess.run(["ip", "link", "del", "brtup22"], check=False)
+        netns.delete(netns.NETNS_DIR / lan)
+
+
 def test_unpublished_ports_are_unreachable_even_with_a_route(driver: BridgeDriver, made) -> None:
     """A LAN host that routes the network's subnet to Nova's host still gets nowhere."""
     spec = made(network(subnet="10.251.20.0/24"))
