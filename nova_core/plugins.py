@@ -280,18 +280,24 @@ class PluginRegistry:
 
     def preload(self) -> bool:
         """Build what commands ask of the registry first: the hook manager and the classes
-        of the drivers whose modules are imported already, so that the children a warm
-        helper forks (:mod:`nova_core.warm`) inherit them instead of each building them
-        again (5-10 ms). False when that gave a warning: a child would not repeat it, so
+        of the drivers whose modules are imported already (each warmed up: see
+        :meth:`Driver.warm_up`), so that the children a warm helper forks
+        (:mod:`nova_core.warm`) inherit them instead of each building them again
+        (5-10 ms). False when that gave a warning: a child would not repeat it, so
         such a registry must not be shared."""
         self.hooks  # noqa: B018 - built for its side effect
         for kind in DriverKind:
             for name in self.driver_names(kind):
                 try:
-                    if self.resolve(kind, name).value.partition(":")[0] in sys.modules:
-                        self.driver_class(kind, name)
+                    if self.resolve(kind, name).value.partition(":")[0] not in sys.modules:
+                        continue
+                    driver = self.driver_class(kind, name)
                 except (DriverLoadError, DriverConflict, DriverNotFound):
                     return False
+                try:
+                    driver.warm_up()
+                except Exception:  # noqa: BLE001 - a child computes it again itself
+                    pass
         return not self._warned
 
     # -- hooks --------------------------------------------------------------------

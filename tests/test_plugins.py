@@ -80,6 +80,46 @@ def test_import_failure_names_distribution_and_cause(fake_distribution) -> None:
     assert "ModuleNotFoundError" in message and "libvirt_that_is_not_installed" in message
 
 
+WARMING_DRIVERS = """
+from nova_core.testing.fakes import FakeComputeDriver
+
+WARMED = []
+
+
+class Warmed(FakeComputeDriver):
+    @classmethod
+    def warm_up(cls):
+        WARMED.append(cls.__name__)
+
+
+class Failing(FakeComputeDriver):
+    @classmethod
+    def warm_up(cls):
+        raise RuntimeError("no host facts here")
+"""
+
+
+def test_preload_warms_up_the_loaded_drivers_and_ignores_their_failures(
+        fake_distribution) -> None:
+    """What the warm helper's children inherit: each driver class whose module is loaded
+    has run its warm_up once (a failing one is skipped: the child computes it itself);
+    a driver whose module nobody imported stays unloaded."""
+    fake_distribution("nova-warmed", {"nova_core.compute": {
+        "warmed": "warming_mod:Warmed", "failing": "warming_mod:Failing",
+        "lazy": "lazy_warming_mod:Warmed"}},
+        modules={"warming_mod": WARMING_DRIVERS, "lazy_warming_mod": WARMING_DRIVERS})
+    import warming_mod  # noqa: F401 - loaded, as the helper's preload leaves it
+
+    try:
+        reg = registry()
+        assert reg.preload() is True
+        assert sys.modules["warming_mod"].WARMED == ["Warmed"]
+        assert "lazy_warming_mod" not in sys.modules
+        assert reg.test_warnings == []  # type: ignore[attr-defined]
+    finally:
+        sys.modules.pop("warming_mod", None)
+
+
 def test_import_failure_is_not_disguised_as_absence(fake_distribution) -> None:
     fake_distribution("nova-broken", {"nova_core.compute": {"broken": "broken_mod:Driver"}},
                       modules={"broken_mod": BROKEN_DRIVER})

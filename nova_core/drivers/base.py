@@ -51,6 +51,18 @@ class Driver(abc.ABC):
         self.name = name
         self.context = context
 
+    @classmethod
+    def warm_up(cls) -> None:
+        """Compute what every command would compute again and that stays true while a
+        warm helper lives (host facts read once per process: the cgroup layout, where
+        a program is installed).
+
+        The warm helper (:mod:`nova_core.warm`) calls it once, before it forks the
+        children that run commands, so they inherit the results. It must not touch
+        the host or NOVA_HOME; an exception is ignored. The default does nothing.
+        """
+        return
+
     @abc.abstractmethod
     def render(self, spec: ResourceSpec) -> list[RenderedDetail]:
         """Describe concretely what applying ``spec`` will do (argv, XML, rules...).

@@ -45,6 +45,13 @@ def _hierarchies(root: Path) -> tuple[str, ...]:
         return ()
 
 
+def read_host_facts() -> None:
+    """Read the layout and the v1 hierarchies now (both cached per process), so that the
+    children a warm helper forks inherit them (about 0.5 ms each command)."""
+    if host_cgroup_layout().mode != "v2":
+        _hierarchies(Path("/sys/fs/cgroup"))
+
+
 def remove_cgroup(capsule_id: str) -> None:
     """Remove the capsule's cgroup folders (children first); they must be empty of tasks."""
     for path in cgroup_dirs(capsule_id):

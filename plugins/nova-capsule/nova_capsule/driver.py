@@ -25,7 +25,7 @@ from nova_capsule.capsules import (
     exit_command,
     teardown,
 )
-from nova_capsule.cgroups import cgroup_path, prime_migration, remove_cgroup
+from nova_capsule.cgroups import cgroup_path, prime_migration, read_host_facts, remove_cgroup
 from nova_capsule.runtime import (
     Runtime,
     find_runtime,
@@ -80,6 +80,11 @@ class CapsuleDriver(ComputeDriver):
         super().__init__(name, context)
         self._runtimes: dict[str, Runtime] = {}
         self._files: dict[tuple[str, str], CapsuleFiles] = {}
+
+    @classmethod
+    def warm_up(cls) -> None:
+        """The host's cgroup layout, read once in the warm helper."""
+        read_host_facts()
 
     def _runtime(self, spec: InstanceSpec) -> Runtime:
         """The runtime the capsule asks for, found once per driver (status is polled)."""
