@@ -62,6 +62,11 @@ for plugin in plugins/*/; do
     plugin_args+=(-e "./$plugin${extras:+[$extras]}")
 done
 pip_install "${plugin_args[@]}"
+# python3.11's venv brings setuptools, whose distutils-precedence.pth makes every Python
+# start in .venv import _distutils_hack: about 1 ms of each nova command. Nothing here
+# needs it (pip builds in isolated environments with their own setuptools); the venvs
+# of Python 3.12 and later have none.
+.venv/bin/python -m pip uninstall -q -y setuptools >/dev/null 2>&1 || true
 if [ -x /bin/busybox ] && .venv/bin/python -c "import nova_capsule" 2>/dev/null; then
     # a small local image for examples/quickstart: no registry needed
     if ! .venv/bin/nova image ls 2>/dev/null | grep -q "^local/busybox:latest "; then
