@@ -263,14 +263,23 @@ class CapsuleFiles:
 
 
 class UidAllocator:
-    """Per-capsule host id ranges, recorded in ``uids.json`` under a lock."""
+    """Per-capsule host id ranges, recorded in ``uids.json`` under a lock.
+
+    The record is replaced whole (a temporary file renamed over it), so a crash while
+    writing leaves the previous record, never half of one.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
     def _edit(self):  # noqa: ANN202
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        return open(self.path.with_suffix(".lock"), "w")
+        return open(self.path.with_suffix(".lock"), "a")
+
+    def _save(self, taken: dict[str, int]) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(taken, indent=1, sort_keys=True))
+        os.replace(tmp, self.path)
 
     def allocate(self, capsule_id: str) -> int:
         """The range of ``capsule_id`` (a new one if it has none)."""
@@ -284,7 +293,7 @@ class UidAllocator:
                 base = UID_BASE + index * UID_COUNT
                 if base not in used:
                     taken[capsule_id] = base
-                    self.path.write_text(json.dumps(taken, indent=1, sort_keys=True))
+                    self._save(taken)
                     return base
         raise NovaError(f"all {UID_RANGES} capsule id ranges are in use")
 
@@ -294,7 +303,7 @@ class UidAllocator:
             fcntl.flock(lock, fcntl.LOCK_EX)
             taken = json.loads(self.path.read_text()) if self.path.exists() else {}
             if taken.pop(capsule_id, None) is not None:
-                self.path.write_text(json.dumps(taken, indent=1, sort_keys=True))
+                self._save(taken)
 
 
 def capsule_id(project: str, name: str) -> str:

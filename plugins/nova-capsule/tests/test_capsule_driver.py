@@ -199,6 +199,24 @@ def test_failed_create_leaves_nothing(driver: CapsuleDriver, tmp_path: Path, cap
     assert not uids.exists() or json.loads(uids.read_text()) == {}
 
 
+def test_a_failed_write_of_the_id_ranges_keeps_the_previous_record(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The id ranges' record is replaced whole: a write that fails part way (here a
+    character the file's encoding cannot take, raised after the file was opened) leaves
+    the previous record readable, where an in-place rewrite would have emptied it."""
+    from nova_capsule import capsules
+
+    path = tmp_path / "uids.json"
+    ranges = capsules.UidAllocator(path)
+    first = ranges.allocate("nova-a-1")
+    monkeypatch.setattr(capsules.json, "dumps", lambda *args, **kwargs: '{"x": "\udc80"}')
+    with pytest.raises(UnicodeEncodeError):
+        ranges.allocate("nova-b-2")
+    monkeypatch.undo()
+    assert json.loads(path.read_text()) == {"nova-a-1": first}
+    assert ranges.allocate("nova-b-2") != first
+
+
 def test_failed_start_leaves_nothing_running(driver: CapsuleDriver, tmp_path: Path,
                                              capsule_home: Path) -> None:
     from nova_core.errors import NovaError
