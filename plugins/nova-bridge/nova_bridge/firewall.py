@@ -245,7 +245,7 @@ def bridge_chain_rules(records: list[NetworkRecord]) -> dict[str, Rules]:
 
     The base chain, ``ports``, sees every frame entering a bridge port, before
     br_netfilter hands it to the ``inet`` hooks. Its first rule (added by
-    :func:`transaction`) is a verdict map from each of Nova's ports to its chain
+    :func:`_bridge_commands`) is a verdict map from each of Nova's ports to its chain
     (:func:`port_chains`), where frames between two instances of a network are marked
     untracked and accepted at once, so they pass the ``inet`` chains as cheaply as
     they can. What comes back from a port's chain meets the last rules: nothing from
