@@ -58,8 +58,9 @@ class Driver(abc.ABC):
         a program is installed).
 
         The warm helper (:mod:`nova_core.warm`) calls it once, before it forks the
-        children that run commands, so they inherit the results. It must not touch
-        the host or NOVA_HOME; an exception is ignored. The default does nothing.
+        children that run commands, so they inherit the results. It has no NOVA_HOME,
+        so it must only read; an exception is ignored (the child computes it itself).
+        The default does nothing.
         """
         return
 
