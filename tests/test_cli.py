@@ -23,6 +23,17 @@ def test_usage_errors_exit_2(run_nova, args: tuple[str, ...]) -> None:
     assert "Traceback" not in done.stderr and "Usage:" in done.stderr
 
 
+def test_ps_and_list_answer_as_ls_without_being_listed(run_nova) -> None:
+    """docker/podman users type ``ps``, incus/virsh users ``list``."""
+    listed = run_nova("ls", "--json")
+    assert listed.returncode == 0, listed.stderr
+    for alias in ("ps", "list"):
+        done = run_nova(alias, "--json")
+        assert done.returncode == 0 and done.stdout == listed.stdout, done.stderr
+    commands = run_nova("--help").stdout.split("Commands:", 1)[1].split()
+    assert "ls" in commands and "ps" not in commands and "list" not in commands
+
+
 def test_no_lock_file_is_made_outside_nova_home(run_nova, tmp_path: Path) -> None:
     run_nova("down", "-p", f"../../{tmp_path.name}/evil")
     assert not (tmp_path / "evil.lock").exists()

@@ -141,7 +141,15 @@ class NovaGroup(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in self.commands:
             return self.commands[cmd_name]
-        return self._plugin_commands(ctx).get(cmd_name)
+        found = self._plugin_commands(ctx).get(cmd_name)
+        if found is None and cmd_name in ALIASES:
+            return self.commands.get(ALIASES[cmd_name])
+        return found
+
+
+#: What users of docker and podman (``ps``) or incus and virsh (``list``) type, answered by
+#: Nova's own command; not listed in the help, and a plugin's command of the name wins.
+ALIASES = {"ps": "ls", "list": "ls"}
 
 
 @click.group(cls=NovaGroup, context_settings={"help_option_names": ["-h", "--help"]})
