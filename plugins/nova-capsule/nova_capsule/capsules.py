@@ -154,9 +154,7 @@ class CapsuleFiles:
 
     def write(self, meta: CapsuleMeta) -> None:
         """Record metadata atomically."""
-        tmp = self.meta_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(meta), indent=1))
-        os.replace(tmp, self.meta_path)
+        _replace(self.meta_path, json.dumps(asdict(meta), indent=1))
 
     def is_latest_run(self, run_id: str) -> bool:
         """True while ``run_id`` is the capsule's last start (stopped by Nova or not)."""
@@ -277,9 +275,7 @@ class UidAllocator:
         return open(self.path.with_suffix(".lock"), "a")
 
     def _save(self, taken: dict[str, int]) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(taken, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)
+        _replace(self.path, json.dumps(taken, indent=1, sort_keys=True))
 
     def allocate(self, capsule_id: str) -> int:
         """The range of ``capsule_id`` (a new one if it has none)."""
@@ -304,6 +300,14 @@ class UidAllocator:
             taken = json.loads(self.path.read_text()) if self.path.exists() else {}
             if taken.pop(capsule_id, None) is not None:
                 self._save(taken)
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write ``path`` whole: a temporary file beside it, renamed over it, so a crash
+    leaves the old content or the new, never part of either."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def capsule_id(project: str, name: str) -> str:
