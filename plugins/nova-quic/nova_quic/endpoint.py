@@ -320,44 +320,40 @@ class Endpoint:
         self._flush_dirty()
 
     def _seal_message(self, link: Link, data: bytes) -> None:
-        """One read from the TAP as sealed packets: whole, or in pieces of equal size
-        (a super-frame), which one UDP GSO write then sends together."""
-        out = link.out
+        """One read from the TAP as sealed 1-RTT packets (the fast path): whole, or in
+        pieces of equal size (a super-frame), which one UDP GSO write then sends together.
+
+        aioquic's packet builder costs more per packet than the encryption itself;
+        for a DATAGRAM-only packet the header and frame are fixed, so the endpoint
+        builds it here: short header, 4-byte packet number from the connection's
+        counter, frame type 0x30 (DATAGRAM running to the end of the packet), AEAD and
+        header protection with the connection's keys (nova_quic.packets). The peer
+        acknowledges these packets like any other; they are not congestion controlled
+        (as in tinc, OpenVPN or WireGuard: the tunnelled TCP flows have their own control).
+        """
         if not self.vnet:
-            out.append(self._seal(link, b"\x30\x00" + data))
+            frames: list[bytes] = [b"\x30\x00" + data]
         elif len(data) <= self.max_frame + VNET:
-            out.append(self._seal(link, b"\x30\x01" + data))
+            frames = [b"\x30\x01" + data]
         else:
             self.message_id = (self.message_id + 1) & 0xFFFF
             size = self.piece
             count = -(-len(data) // size)
             head = b"\x30\x02" + self.message_id.to_bytes(2, "big")
-            for index in range(count):
-                out.append(self._seal(link, head + bytes((index, count))
-                                      + data[index * size:(index + 1) * size]))
-        self._sealed.add(link)
-
-    def _seal(self, link: Link, frame: bytes) -> bytes:
-        """``frame`` (a DATAGRAM frame, type byte included) as a 1-RTT packet, sealed with the
-        connection's own keys and packet numbers (the fast path).
-
-        aioquic's packet builder costs more per packet than the encryption itself;
-        for a DATAGRAM-only packet the header and frame are fixed, so the endpoint
-        builds it here: short header, 4-byte packet number from the connection's
-        counter, frame type 0x30 (DATAGRAM running to the end of the packet), AEAD
-        and header protection with the connection's keys (nova_quic.packets). The peer acknowledges these
-        packets like any other; they are not congestion controlled (as in tinc,
-        OpenVPN or WireGuard: the tunnelled TCP flows have their own control).
-        """
-        quic = link.quic
-        number = quic._packet_number
-        quic._packet_number = number + 1
-        link.sealed += 1
+            frames = [head + bytes((index, count)) + data[index * size:(index + 1) * size]
+                      for index in range(count)]
+        quic, protection, out = link.quic, link.protection, link.out
+        assert protection is not None
+        cid, number = quic._peer_cid.cid, quic._packet_number
+        for frame in frames:
+            out.append(protection.seal(cid, number, frame))
+            number += 1
+        quic._packet_number = number
+        link.sealed += len(frames)
         if link.sealed >= KEY_UPDATE_EVERY:  # stay far below AES-GCM's 2^23 packet limit
-            quic.request_key_update()
+            protection.update_key()
             link.sealed = 0
-        assert link.protection is not None
-        return link.protection.seal(quic._peer_cid.cid, number, frame)
+        self._sealed.add(link)
 
     def _open(self, link: Link, data: bytes, now: float) -> bool:
         """Deliver a DATAGRAM-only 1-RTT packet to the TAP without aioquic's receive

@@ -66,26 +66,33 @@ class Protection:
     protection key is derived from the first 1-RTT secrets.
     """
 
-    __slots__ = ("pair", "cid_length", "_send", "_recv")
+    __slots__ = ("pair", "cid_length", "_send", "_recv", "_update")
 
     def __init__(self, pair: CryptoPair, cid_length: int) -> None:
         self.pair = pair
         self.cid_length = cid_length  # of our own connection ids: where the number starts
         self._send = Keys(pair.send)
         self._recv = Keys(pair.recv)
+        self._update = False
+
+    def update_key(self) -> None:
+        """Go to the next keys with the next packet sealed (as QuicConnection's
+        request_key_update, which aioquic's own packets then follow too)."""
+        self.pair.update_key()
+        self._update = True
 
     def seal(self, cid: bytes, number: int, payload: bytes) -> bytes:
         """``payload`` (frames) as a protected packet to ``cid`` with a 4-byte packet number:
         the bytes aioquic's ``pair.encrypt_packet`` makes of the same header."""
         pair, keys = self.pair, self._send
         truncated = number & 0xFFFFFFFF
-        if keys.secret is not pair.send.secret or pair.key_phase != keys.key_phase:
-            # A key update, requested (QuicConnection.request_key_update) or made: aioquic's
-            # own path applies it, then the new keys are taken.
+        if self._update or keys.secret is not pair.send.secret:
+            # A key update, asked for (update_key) or made (the peer's, through aioquic's
+            # receive path): aioquic's own path applies it, then the new keys are taken.
             header = bytes((SHORT_HEADER | pair.key_phase << 2 | PN_MAX - 1,)) + cid \
                 + truncated.to_bytes(PN_MAX, "big")
             packet = pair.encrypt_packet(header, payload, number)
-            self._send = Keys(pair.send, keys)
+            self._send, self._update = Keys(pair.send, keys), False
             return packet
         first = SHORT_HEADER | keys.key_phase << 2 | PN_MAX - 1
         header = bytes((first,)) + cid + truncated.to_bytes(PN_MAX, "big")

@@ -54,7 +54,7 @@ def test_key_updates_either_way_are_followed(suite: CipherSuite) -> None:
     sender, receiver = Protection(a, len(CID)), Protection(b, len(CID))
     payload = b"\x30\x01frame"
     assert receiver.open(sender.seal(CID, 1, payload), 1) == (header(1)[0], 1, payload)
-    a.update_key()  # what QuicConnection.request_key_update does
+    sender.update_key()
     packet = sender.seal(CID, 2, payload)
     assert receiver.open(packet, 2) is None  # the next phase: left to aioquic...
     assert b.decrypt_packet(packet, 1 + len(CID), 2) == (header(2, phase=1), payload, 2)
@@ -63,8 +63,8 @@ def test_key_updates_either_way_are_followed(suite: CipherSuite) -> None:
     # b now sends in phase 1 too, which a opens
     reply = receiver.seal(CID, 7, payload)
     assert sender.open(reply, 7) == (header(7, phase=1)[0], 7, payload)
-    # and an update b's peer made (aioquic's receive path) is followed by a's fast path
-    b.update_key()
+    # and an update b made (a's aioquic receive path follows it) is followed by a's fast path
+    receiver.update_key()
     reply = receiver.seal(CID, 8, payload)
     assert sender.open(reply, 8) is None
     a.decrypt_packet(reply, 1 + len(CID), 8)
@@ -73,7 +73,7 @@ def test_key_updates_either_way_are_followed(suite: CipherSuite) -> None:
     assert receiver.open(packet, 4) == (header(4, phase=0)[0], 4, payload)
     # two updates between a's packets: the same phase bit again, with other keys
     for number in (9, 10):
-        b.update_key()
+        receiver.update_key()
         a.decrypt_packet(receiver.seal(CID, number, payload), 1 + len(CID), number)
     assert receiver.open(sender.seal(CID, 5, payload), 5) == (header(5, phase=0)[0], 5, payload)
 
