@@ -604,6 +604,12 @@ def run(app: App, file: str | None, wait: bool, remove: bool, kind: str, name: s
 
     attached = None
     with app.lock(loaded.project):
+        existing = app.engine.store.resource(loaded.project, kind, name) if remove else None
+        if existing is not None:  # --rm would remove it afterwards, with its data
+            raise NovaError(f"{key} already exists ({existing.state}); --rm runs a throwaway "
+                            f"instance and removes it afterwards",
+                            hint=f"follow it with: nova logs {kind} {name} -f; or run it "
+                                 f"without --rm; or remove it first: nova down {name}")
         plan = app.engine.plan(loaded, [key], render=False)
         if plan.changes:
             reporter = None if (wait or remove) else _LineReporter()

@@ -68,6 +68,28 @@ def test_run_rm_streams_output_and_returns_the_exit_status(run_nova, capsule_hom
 
 
 
+def test_run_rm_refuses_an_instance_that_already_exists(run_nova, capsule_home: Path,
+                                                        tmp_path: Path) -> None:
+    """--rm would remove it afterwards, started or stopped, with its writable layer."""
+    one_capsule(run_nova, tmp_path, "kept", "web", '["sh", "-c", "echo up; sleep 300"]')
+    run_nova("up", cwd=tmp_path, check=True)
+    try:
+        # refused at once, not waiting for it to stop (the timeout would raise)
+        done = run_nova("run", "--rm", "container", "web", cwd=tmp_path, timeout=20)
+        assert done.returncode == 1, done
+        assert "container.web already exists (running)" in done.stderr, done.stderr
+        assert "nova down web" in done.stderr and "Traceback" not in done.stderr
+        rows = json.loads(run_nova("ls", "--json", cwd=tmp_path, check=True).stdout)
+        assert [(r["name"], r["state"]) for r in rows] == [("web", "running")]
+        run_nova("stop", "container", "web", cwd=tmp_path, check=True)
+        done = run_nova("run", "--rm", "container", "web", cwd=tmp_path)
+        assert "container.web already exists (stopped)" in done.stderr, done.stderr
+        rows = json.loads(run_nova("ls", "--json", cwd=tmp_path, check=True).stdout)
+        assert [(r["name"], r["state"]) for r in rows] == [("web", "stopped")]
+    finally:
+        run_nova("down", cwd=tmp_path)
+
+
 def test_ctrl_c_stops_and_removes_the_capsule(run_nova, capsule_home: Path,
                                               tmp_path: Path) -> None:
     one_capsule(run_nova, tmp_path, "ctrlc", "long",
