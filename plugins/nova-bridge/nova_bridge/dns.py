@@ -30,6 +30,7 @@ from pathlib import Path
 from nova_bridge.records import Lease, NetworkRecord
 from nova_bridge.supervise import Supervised
 from nova_core.errors import NovaError
+from nova_core.files import replace_file
 from nova_core.hostinfo.ports import sockets
 
 
@@ -75,10 +76,8 @@ class DnsService:
         return "\n".join(lines) + "\n"
 
     def _write(self, path: Path, text: str) -> None:
-        tmp = path.parent.parent / f".{path.parent.name}-{path.name}.tmp"  # not watched
-        tmp.write_text(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        replace_file(path, text, mode=0o644,
+                     tmp=path.parent.parent / f".{path.parent.name}-{path.name}.tmp")  # not watched
 
     def sync_files(self, record: NetworkRecord) -> None:
         """Write the configuration and one hosts (and DHCP) file per lease."""

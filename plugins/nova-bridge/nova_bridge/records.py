@@ -18,13 +18,13 @@ from __future__ import annotations
 import fcntl
 import ipaddress
 import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from nova_core.errors import NovaError
+from nova_core.files import replace_file
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 #: Where automatic subnets come from: 10.90.0.0/24 ... 10.99.255.0/24.
@@ -132,9 +132,7 @@ class Ledger:
         """Write a record atomically."""
         path = self.path(record.project, record.name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(record.to_json())
-        os.replace(tmp, path)
+        replace_file(path, record.to_json())
 
     def remove(self, project: str, name: str) -> None:
         """Forget a network."""

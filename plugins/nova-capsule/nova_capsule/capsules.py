@@ -46,6 +46,7 @@ from nova_capsule import idmap
 if TYPE_CHECKING:
     from nova_capsule.runtime import Runtime
 from nova_core.errors import NovaError
+from nova_core.files import replace_file
 
 UID_BASE = 200_000
 UID_COUNT = 65_536
@@ -154,7 +155,7 @@ class CapsuleFiles:
 
     def write(self, meta: CapsuleMeta) -> None:
         """Record metadata atomically."""
-        _replace(self.meta_path, json.dumps(asdict(meta), indent=1))
+        replace_file(self.meta_path, json.dumps(asdict(meta), indent=1))
 
     def is_latest_run(self, run_id: str) -> bool:
         """True while ``run_id`` is the capsule's last start (stopped by Nova or not)."""
@@ -275,7 +276,7 @@ class UidAllocator:
         return open(self.path.with_suffix(".lock"), "a")
 
     def _save(self, taken: dict[str, int]) -> None:
-        _replace(self.path, json.dumps(taken, indent=1, sort_keys=True))
+        replace_file(self.path, json.dumps(taken, indent=1, sort_keys=True))
 
     def allocate(self, capsule_id: str) -> int:
         """The range of ``capsule_id`` (a new one if it has none)."""
@@ -300,14 +301,6 @@ class UidAllocator:
             taken = json.loads(self.path.read_text()) if self.path.exists() else {}
             if taken.pop(capsule_id, None) is not None:
                 self._save(taken)
-
-
-def _replace(path: Path, text: str) -> None:
-    """Write ``path`` whole: a temporary file beside it, renamed over it, so a crash
-    leaves the old content or the new, never part of either."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def capsule_id(project: str, name: str) -> str:

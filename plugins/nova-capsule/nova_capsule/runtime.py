@@ -27,6 +27,7 @@ from typing import Any
 
 from nova_capsule.cgroups import host_cgroup_layout
 from nova_core.errors import NovaError
+from nova_core.files import replace_file
 from nova_core.names import home_digest
 
 RUNTIMES = ("crun", "runc")
@@ -144,10 +145,7 @@ def _hybrid_wrapper(binary: str, argv: tuple[str, ...], root: Path) -> Path:
             "# crun refuses hybrid cgroups: drop the cgroup2 mount in a private mount namespace\n"
             f"exec {shlex.join(argv)} {shlex.quote(binary)} \"$@\"\n")
     if not script.exists() or script.read_text() != text:
-        tmp = script.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.chmod(0o755)
-        os.replace(tmp, script)
+        replace_file(script, text, mode=0o755)
     return script
 
 

@@ -33,6 +33,7 @@ from nova_capsule.layers import extract_layer
 from nova_capsule.reference import ImageReference
 from nova_capsule.registry import INDEX_TYPES, MANIFEST_TYPES, RegistryClient
 from nova_core.errors import NovaError
+from nova_core.files import replace_file
 
 LAYER_TYPES = {
     "application/vnd.oci.image.layer.v1.tar+gzip",
@@ -99,9 +100,7 @@ class ImageStore:
             fcntl.flock(lock, fcntl.LOCK_EX)
             data = json.loads(self.index.read_text()) if self.index.exists() else {"images": {}}
             yield data
-            tmp = self.index.with_suffix(".tmp")
-            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-            os.replace(tmp, self.index)
+            replace_file(self.index, json.dumps(data, indent=1, sort_keys=True))
 
     def _read(self) -> dict[str, Any]:
         return json.loads(self.index.read_text()) if self.index.exists() else {"images": {}}
@@ -193,9 +192,7 @@ class ImageStore:
             raise NovaError(f"digest mismatch: expected {digest}, got {actual}")
         path = self.blob_path(digest)
         if not path.exists():
-            tmp = path.with_name(path.name + ".partial")
-            tmp.write_bytes(body)
-            os.replace(tmp, path)
+            replace_file(path, body, tmp=path.with_name(path.name + ".partial"))
 
     # -- import ------------------------------------------------------------------
     def import_archive(self, source: Path, name: str) -> ImageRecord:

@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 
 from nova_core.errors import NovaError
+from nova_core.files import replace_file
 
 
 def bases_dir(nova_home: Path) -> Path:
@@ -40,9 +41,7 @@ def _chains(nova_home: Path) -> dict[str, str]:
 
 
 def _write_json(path: Path, value: object) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    os.replace(tmp, path)
+    replace_file(path, json.dumps(value, indent=1))
 
 
 def freeze(nova_home: Path, project: str, source: str) -> Path:

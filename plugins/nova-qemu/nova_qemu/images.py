@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from nova_core.errors import NovaError
+from nova_core.files import replace_file
 from nova_core.images import ImageKind, ImageRow
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}(:[A-Za-z0-9._-]{1,64})?$")
@@ -67,9 +68,7 @@ class VmImageStore:
             fcntl.flock(lock, fcntl.LOCK_EX)
             entries = json.loads(self.index.read_text()) if self.index.exists() else {}
             yield entries
-            tmp = self.index.with_suffix(".tmp")
-            tmp.write_text(json.dumps(entries, indent=1))
-            os.replace(tmp, self.index)
+            replace_file(self.index, json.dumps(entries, indent=1))
 
     def images(self) -> list[VmImage]:
         """Every stored image, by name."""

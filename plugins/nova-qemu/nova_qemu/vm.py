@@ -40,6 +40,7 @@ from nova_core.drivers.models import (
     VmSpec,
 )
 from nova_core.errors import NovaError
+from nova_core.files import replace_file
 from nova_core.names import home_digest
 from nova_core.polling import Backoff
 
@@ -265,9 +266,7 @@ class VmDriver(ComputeDriver):
                 shutil.copyfile(OVMF_VARS, files.root / "OVMF_VARS.fd")
             if wants_cloud_init(spec):
                 write_seed(files.root / "seed.iso", *cloud_init_texts(spec))
-            tmp = files.meta.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"disks": disks}, indent=1))
-            os.replace(tmp, files.meta)
+            replace_file(files.meta, json.dumps({"disks": disks}, indent=1))
         except BaseException:
             for path in made:
                 path.unlink(missing_ok=True)

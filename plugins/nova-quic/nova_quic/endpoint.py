@@ -65,6 +65,7 @@ from aioquic.tls import Epoch
 from nova_bridge.supervise import find_processes
 
 from nova_core.errors import NovaError
+from nova_core.files import replace_file
 from nova_quic.loop import Loop, Timer
 from nova_quic.packets import Protection
 from nova_quic.pki import OverlayStore, PeerRefused, verify_peer
@@ -858,10 +859,8 @@ class Endpoint:
                     continue
             except OSError:
                 pass
-            tmp = self.hosts_dir.parent / f".{name}.tmp"  # outside the watched folder
-            tmp.write_text(text)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
+            replace_file(path, text, mode=0o644,
+                         tmp=self.hosts_dir.parent / f".{name}.tmp")  # outside the watched folder
             removed = True  # a changed file may have lost names too
         if removed:
             self._reload_dnsmasq()
@@ -1017,9 +1016,7 @@ class Endpoint:
 
 
 def _write_json(path: Path, data: object) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    replace_file(path, json.dumps(data, indent=1))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from nova_core.errors import NovaError
+from nova_core.files import replace_file
 from nova_core.names import NAME_RULE, is_valid_name
 
 MAX_HOSTS = 15  # indexes 1..15: one sixteenth of the subnet each (the first holds the gateways)
@@ -55,19 +56,12 @@ def utcnow() -> datetime.datetime:
 def _write_private(path: Path, data: bytes) -> None:
     """Write ``data`` readable by root only, replacing ``path`` atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    replace_file(path, data, mode=0o600)
 
 
 def _write_public(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    replace_file(path, data)
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:

@@ -33,6 +33,7 @@ from nova_core.drivers.models import (
     ResourceSpec,
 )
 from nova_core.errors import NovaError
+from nova_core.files import replace_file
 from nova_vfio.sysfs import VFIO, PciDevice, PciHost, normalise
 
 MANUAL = "(bound by hand)"
@@ -62,9 +63,7 @@ class Ledger:
             fcntl.flock(lock, fcntl.LOCK_EX)
             entries = self.read()
             yield entries
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(entries, indent=1, sort_keys=True))
-            os.replace(tmp, self.path)
+            replace_file(self.path, json.dumps(entries, indent=1, sort_keys=True))
 
 
 def parse_entry(entry: str) -> tuple[str, dict[str, str]]:

@@ -16,7 +16,6 @@ NOVA_HOME/drivers/vfio/devices.json         VF -> holder, original driver, netwo
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import ClassVar
 
@@ -36,6 +35,7 @@ from nova_core.drivers.models import (
 )
 from nova_core.drivers.network import NetworkDriver
 from nova_core.errors import NovaError
+from nova_core.files import replace_file
 from nova_core.names import mac_address
 from nova_vfio.driver import SriovDriver
 from nova_vfio.netlink import NO_MAC
@@ -120,10 +120,8 @@ class SriovNetworkDriver(NetworkDriver):
         pf = self._check(spec)
         path = self._path(spec)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"interface": self._options(spec).sriov, "pf": pf.address,
-                                   "vlan": self._options(spec).vlan}))
-        os.replace(tmp, path)
+        replace_file(path, json.dumps({"interface": self._options(spec).sriov, "pf": pf.address,
+                                       "vlan": self._options(spec).vlan}))
         return self.status(spec)
 
     def delete(self, spec: NetworkSpec) -> None:
