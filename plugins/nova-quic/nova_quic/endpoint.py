@@ -66,8 +66,8 @@ from nova_bridge.supervise import find_processes
 
 from nova_core.errors import NovaError
 from nova_core.files import replace_file
-from nova_quic.loop import Loop, Timer
-from nova_quic.packets import Protection
+from nova_quic.loop import KeepWarm, Loop, Timer
+from nova_quic.packets import Protection, scratch
 from nova_quic.pki import OverlayStore, PeerRefused, verify_peer
 
 LOG = logging.getLogger("nova-quic")
@@ -88,6 +88,10 @@ ACK_DELAY = 0.025  # as aioquic's max_ack_delay
 UDP_SEGMENT, UDP_GRO = 103, 104  # linux/udp.h
 GSO_SEGMENTS, GSO_BYTES = 64, 65000  # kernel limits of one UDP GSO write
 KEY_UPDATE_EVERY = 1 << 22  # packets per 1-RTT key (AES-GCM's limit is 2^23)
+# Sparse traffic (a ping, a request) finds the data path cold: keep it warm with a
+# 1 ms tick for 100 ms after each packet (nova_quic.loop.KeepWarm; docs/networks.md).
+WARM_EVERY, WARM_FOR = 0.001, 0.1
+SCRATCH_CID, SCRATCH_FRAME = bytes(CID_LENGTH), b"\x30\x01" + bytes(108)
 
 TUNSETIFF = 0x400454CA
 TUNSETOFFLOAD = 0x400454D0
@@ -252,6 +256,9 @@ class Endpoint:
         self._sealed: set[Link] = set()  # type: ignore[misc]  # fast-path packets to send
         self._acking: set[Link] = set()  # type: ignore[misc]  # fast-path packets to acknowledge
         self._ack_round: Timer | None = None
+        self._warm: KeepWarm | None = None  # once a peer is ready (run() makes the loop)
+        self._scratch: Protection | None = None
+        self._scratch_number = 0
         self._last_ping = self._last_status = 0.0  # when _periodic last did them
         for addr in [*self.identity.peers, *(str(p) for p in config.get("peers", []))]:  # type: ignore[attr-defined]
             self.targets.setdefault(addr, Target(addr, configured=True))
@@ -291,6 +298,8 @@ class Endpoint:
     # -- the data path ----------------------------------------------------------------------
     def on_tap(self) -> None:
         """Frames from the bridge: to the peer behind the destination MAC, else to all."""
+        if self._warm is not None:
+            self._warm.packet(time.monotonic())
         peers, more = self.peers, self._tap_waiting
         skip = VNET if self.vnet else 0
         for _ in range(BATCH):
@@ -431,6 +440,8 @@ class Endpoint:
         """Datagrams from the underlay, to their connection (by connection id)."""
         assert self.sock is not None
         now = time.monotonic()
+        if self._warm is not None:
+            self._warm.packet(now)
         opened: set[Link] = set()  # type: ignore[misc]
         sock, space, more = self.sock, socket.CMSG_SPACE(4), self._sock_waiting
         for _ in range(BATCH):
@@ -461,6 +472,15 @@ class Endpoint:
                     assert self.loop is not None
                     self._ack_round = self.loop.call_later(ACK_DELAY, self._send_acks)
         self._flush_dirty()
+
+    def _exercise(self) -> None:
+        """What a packet of the data path runs, with throwaway keys (KeepWarm): seal, open,
+        and the two readiness checks."""
+        if self._scratch is not None:
+            number = self._scratch_number = self._scratch_number + 1
+            self._scratch.open(self._scratch.seal(SCRATCH_CID, number, SCRATCH_FRAME), number)
+        self._tap_waiting(0)
+        self._sock_waiting(0)
 
     def _send_acks(self) -> None:
         """Let aioquic acknowledge what the fast path received (and re-arm its timers)."""
@@ -789,7 +809,10 @@ class Endpoint:
         link.ready = True
         link.fast = message.get("fast") == 1 and self.fast_path
         if link.protection is None:  # before any key update (nova_quic.packets)
-            link.protection = Protection(link.quic._cryptos[Epoch.ONE_RTT], CID_LENGTH)
+            pair = link.quic._cryptos[Epoch.ONE_RTT]
+            link.protection = Protection(pair, CID_LENGTH)
+            if self._scratch is None and pair.send.cipher_suite is not None:
+                self._scratch = scratch(pair.send.cipher_suite, CID_LENGTH)
         self.peers[name] = link
         target = self.targets.get(link.advertised)
         if target is not None:
@@ -977,6 +1000,7 @@ class Endpoint:
                 loop.add_signal_handler(signum, loop.stop)
             self.open()
             assert self.sock is not None
+            self._warm = KeepWarm(loop, self._exercise, WARM_EVERY, WARM_FOR)
             loop.add_reader(self.tap_fd, self.on_tap)
             loop.add_reader(self.sock.fileno(), self.on_socket)
             self._periodic()

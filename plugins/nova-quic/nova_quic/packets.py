@@ -17,10 +17,12 @@ left to aioquic, which then performs the update.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from aioquic.quic.crypto import CIPHER_SUITES, CryptoContext, CryptoPair, derive_key_iv_hp
 from aioquic.quic.packet import decode_packet_number
+from aioquic.tls import CipherSuite
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
@@ -124,3 +126,12 @@ class Protection:
         except InvalidTag:
             return None
         return first, number, payload
+
+
+def scratch(suite: CipherSuite, cid_length: int) -> Protection:
+    """A :class:`Protection` with random keys of ``suite`` that opens what it seals: for
+    keeping the code path warm (nova_quic.loop.KeepWarm), never for a packet that leaves."""
+    pair, secret = CryptoPair(), os.urandom(48)
+    for context in (pair.send, pair.recv):
+        context.setup(cipher_suite=suite, secret=secret, version=1)
+    return Protection(pair, cid_length)

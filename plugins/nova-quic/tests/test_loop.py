@@ -9,7 +9,7 @@ import socket
 import time
 
 import pytest
-from nova_quic.loop import Loop
+from nova_quic.loop import KeepWarm, Loop
 
 
 @pytest.fixture
@@ -84,3 +84,31 @@ def test_many_re_armed_timers_do_not_pile_up(loop: Loop) -> None:
         timer = loop.call_later(60 + index, lambda: None)
     loop.run(duration=0.0)
     assert len(loop._timers) < 600
+
+
+def test_keep_warm_ticks_after_a_packet_and_stops_when_traffic_does(loop: Loop) -> None:
+    calls: list[float] = []
+    warm = KeepWarm(loop, lambda: calls.append(time.monotonic()), every=0.005, window=0.05)
+    warm.packet(time.monotonic())
+    loop.run(duration=0.15)
+    assert 3 <= len(calls) <= 10  # about window / every, timers permitting
+    assert calls[-1] - calls[0] < 0.06  # ...all within the window after the packet
+    assert not warm.running
+    done = len(calls)
+    loop.run(duration=0.05)
+    assert len(calls) == done  # idle: no tick, no timer left
+    assert all(entry[2].cancelled for entry in loop._timers)
+
+
+def test_keep_warm_does_not_exercise_while_packets_keep_coming(loop: Loop) -> None:
+    calls: list[float] = []
+    warm = KeepWarm(loop, lambda: calls.append(time.monotonic()), every=0.05, window=1.0)
+
+    def traffic() -> None:  # a packet every 2 ms: the path is warm already
+        warm.packet(time.monotonic())
+        loop.call_later(0.002, traffic)
+
+    traffic()
+    loop.run(duration=0.3)
+    assert calls == []
+    assert warm.running

@@ -8,7 +8,7 @@ import os
 import pytest
 from aioquic.quic.crypto import CryptoPair
 from aioquic.tls import CipherSuite
-from nova_quic.packets import Protection
+from nova_quic.packets import Protection, scratch
 
 CID = bytes.fromhex("0102030405060708")
 SUITES = [CipherSuite.AES_128_GCM_SHA256, CipherSuite.AES_256_GCM_SHA384,
@@ -88,3 +88,11 @@ def test_short_forged_and_foreign_packets_do_not_open_and_do_no_harm() -> None:
     stranger = Protection(pairs(CipherSuite.AES_128_GCM_SHA256)[0], len(CID))
     assert receiver.open(stranger.seal(CID, 9, b"\x30\x01x" * 10), 9) is None
     assert receiver.open(packet, 9) == (header(9)[0], 9, b"\x30\x01" + bytes(64))
+
+
+@pytest.mark.parametrize("suite", SUITES, ids=lambda s: s.name)
+def test_scratch_keys_open_what_they_seal_and_nobody_elses(suite: CipherSuite) -> None:
+    mine, other = scratch(suite, len(CID)), scratch(suite, len(CID))
+    packet = mine.seal(CID, 5, b"\x30\x01warm")
+    assert mine.open(packet, 5) == (header(5)[0], 5, b"\x30\x01warm")
+    assert other.open(packet, 5) is None  # random keys each: never a real peer's
