@@ -256,7 +256,7 @@ class Endpoint:
         self._sealed: set[Link] = set()  # type: ignore[misc]  # fast-path packets to send
         self._acking: set[Link] = set()  # type: ignore[misc]  # fast-path packets to acknowledge
         self._ack_round: Timer | None = None
-        self._warm: KeepWarm | None = None  # once a peer is ready (run() makes the loop)
+        self._warm: KeepWarm | None = None  # made by run(), with the loop
         self._scratch: Protection | None = None
         self._scratch_number = 0
         self._last_ping = self._last_status = 0.0  # when _periodic last did them
@@ -373,9 +373,15 @@ class Endpoint:
         space = quic._spaces[Epoch.ONE_RTT]
         assert link.protection is not None
         opened = link.protection.open(data, space.expected_packet_number)
-        if opened is None:  # not ours to judge: aioquic takes it (a key update) or drops it
-            return False
-        first, number, payload = opened
+        if opened is None:  # the peer's next key phase (aioquic's pair moves both ends on)...
+            try:
+                header, payload, number = quic._cryptos[Epoch.ONE_RTT].decrypt_packet(
+                    data, 1 + CID_LENGTH, space.expected_packet_number)
+            except Exception:  # noqa: BLE001 - ...or not ours to judge: aioquic drops it
+                return False
+            first = header[0]
+        else:
+            first, number, payload = opened
         if payload[:1] != b"\x30" or first & 0x18 or number in space.received_packets:
             return False
         if number >= space.expected_packet_number:

@@ -4,6 +4,7 @@ and real file descriptors."""
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 from pathlib import Path
@@ -12,7 +13,9 @@ from aioquic.buffer import Buffer
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import HandshakeCompleted
 from aioquic.quic.packet import pull_quic_header
-from nova_quic.endpoint import ALPN, CID_LENGTH, Endpoint, Link, _Connection, waiting
+from aioquic.tls import Epoch
+from nova_quic.endpoint import ALPN, CID_LENGTH, VNET, Endpoint, Link, _Connection, waiting
+from nova_quic.packets import Protection
 from nova_quic.pki import Identity, OverlayStore, write_bundle
 
 ADDR = ("192.0.2.1", 4433)
@@ -92,3 +95,31 @@ def test_waiting_tells_whether_a_read_would_find_something() -> None:
         assert more(0)
         ours.recv(16)
         assert not more(0)
+
+
+def test_a_frame_in_the_peers_next_key_phase_reaches_the_tap_whole(tmp_path: Path) -> None:
+    """The first packet after the peer's key update does not open with the current keys;
+    aioquic's pair opens it and moves on, and the frame goes to the TAP as sent (through
+    aioquic's receive path it would have been a DATAGRAM frame of the wrong shape).
+    The TAP is a pipe here: the endpoint writes one frame per write either way."""
+    client, server = connected(tmp_path)
+    sender = Protection(client._cryptos[Epoch.ONE_RTT], CID_LENGTH)
+    receiving = Link(quic=server, addr=ADDR, dialed=False, started=1000.0,
+                     protection=Protection(server._cryptos[Epoch.ONE_RTT], CID_LENGTH))
+    read_end, write_end = os.pipe()
+    endpoint = Endpoint.__new__(Endpoint)  # only what _open uses: no TAP, socket or loop
+    endpoint.vnet, endpoint.tap_fd, endpoint.macs = True, write_end, {}
+    try:
+        frame = bytes(VNET) + bytes.fromhex("020000000002" "020000000001" "0800") + b"x" * 50
+        expected = server._spaces[Epoch.ONE_RTT].expected_packet_number
+        for number, update in ((expected, False), (expected + 1, True), (expected + 2, False)):
+            if update:
+                sender.update_key()
+            packet = sender.seal(server.host_cid, number, b"\x30\x01" + frame)
+            assert endpoint._open(receiving, packet, now=1000.0) is True
+            assert os.read(read_end, 4096) == frame
+        assert server._cryptos[Epoch.ONE_RTT].recv.key_phase == 1
+        assert receiving.rx_packets == 3 and receiving.drops == 0
+    finally:
+        os.close(read_end)
+        os.close(write_end)
