@@ -196,9 +196,14 @@ def test_foreign_revoked_and_missing_credentials_are_refused(tmp_path: Path,
                     host["refused"], host["peers"], Path(str(host["overlay_log"])).read_text(),
                     Path(str(rogue.inspect("mesh")["host"]["overlay_log"])).read_text())
                 time.sleep(0.2)
+            # rogue's side says so too, once its status file (written every second) does
+            wanted = {f"{alpha.host.address}:4433": "refused"}
+            deadline = time.monotonic() + 5
+            while (states := {p["addr"]: p["state"]
+                              for p in rogue.inspect("mesh")["host"]["peers"]}) != wanted:
+                assert time.monotonic() < deadline, states
+                time.sleep(0.2)
             assert rogue.connected("mesh") == set()
-            states = {p["addr"]: p["state"] for p in rogue.inspect("mesh")["host"]["peers"]}
-            assert states == {f"{alpha.host.address}:4433": "refused"}
             log = (alpha.inspect("mesh")["host"]["overlay_log"])
             assert "refused" in Path(log).read_text()
             blocked = rogue.exec("c2", "ping -c1 -W1 10.254.10.32")  # beta's c1
