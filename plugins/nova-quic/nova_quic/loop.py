@@ -177,6 +177,6 @@ class KeepWarm:
         if quiet >= self.window:
             self.running = False
             return
+        self.loop.call_later(self.every, self._tick)  # first: an exercise that raises is logged
         if quiet >= self.every * 0.9:
             self.exercise()
-        self.loop.call_later(self.every, self._tick)

@@ -112,3 +112,18 @@ def test_keep_warm_does_not_exercise_while_packets_keep_coming(loop: Loop) -> No
     loop.run(duration=0.3)
     assert calls == []
     assert warm.running
+
+
+def test_keep_warm_goes_on_after_an_exercise_that_raises(loop: Loop, caplog) -> None:  # noqa: ANN001
+    calls: list[float] = []
+
+    def broken() -> None:
+        calls.append(time.monotonic())
+        raise RuntimeError("exercise failed")
+
+    warm = KeepWarm(loop, broken, every=0.005, window=0.05)
+    with caplog.at_level(logging.ERROR, logger="nova_quic.loop"):
+        warm.packet(time.monotonic())
+        loop.run(duration=0.15)
+    assert len(calls) >= 3 and "exercise failed" in caplog.text
+    assert not warm.running  # it ended with the window, not with the first error
