@@ -88,16 +88,15 @@ class Protection:
         the bytes aioquic's ``pair.encrypt_packet`` makes of the same header."""
         pair, keys = self.pair, self._send
         truncated = number & 0xFFFFFFFF
-        if self._update or keys.secret is not pair.send.secret:
-            # A key update, asked for (update_key) or made (the peer's, through aioquic's
-            # receive path): aioquic's own path applies it, then the new keys are taken.
-            header = bytes((SHORT_HEADER | pair.key_phase << 2 | PN_MAX - 1,)) + cid \
-                + truncated.to_bytes(PN_MAX, "big")
+        # A key update, asked for (update_key) or made (the peer's, through aioquic's
+        # receive path): aioquic's own path applies it, then the new keys are taken.
+        updating = self._update or keys.secret is not pair.send.secret
+        first = SHORT_HEADER | (pair.key_phase if updating else keys.key_phase) << 2 | PN_MAX - 1
+        header = bytes((first,)) + cid + truncated.to_bytes(PN_MAX, "big")
+        if updating:
             packet = pair.encrypt_packet(header, payload, number)
             self._send, self._update = Keys(pair.send, keys), False
             return packet
-        first = SHORT_HEADER | keys.key_phase << 2 | PN_MAX - 1
-        header = bytes((first,)) + cid + truncated.to_bytes(PN_MAX, "big")
         body = keys.aead.encrypt((keys.iv ^ number).to_bytes(12, "big"), payload, header)
         mask = keys.mask(body[:SAMPLE])  # the sample starts PN_MAX bytes after the number
         return bytes((first ^ mask[0] & 0x1F,)) + cid \
