@@ -35,6 +35,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -179,6 +180,29 @@ class CapsuleFiles:
             return int((self.exits / capsule_id).read_text().strip())
         except (OSError, ValueError):
             return None
+
+    def monitor_pid(self) -> int | None:
+        """The pid of this run's conmon while it is alive, else None."""
+        try:
+            pid = int((self.root / "conmon.pid").read_text())
+            if os.path.basename(Path(f"/proc/{pid}/exe").resolve()) == "conmon":
+                return pid
+        except (OSError, ValueError):
+            pass
+        return None
+
+    def await_exit_code(self, capsule_id: str, timeout: float = 2.0) -> int | None:
+        """The exit code of a run whose main process is gone, once its conmon records it.
+
+        The runtime reports the capsule stopped as soon as the process has exited; conmon
+        writes the code a moment later. Waits (bounded) only while that conmon lives.
+        """
+        deadline = time.monotonic() + timeout
+        code = self.exit_code(capsule_id)
+        while code is None and self.monitor_pid() is not None and time.monotonic() < deadline:
+            time.sleep(0.005)
+            code = self.exit_code(capsule_id)
+        return code
 
     # -- mounts ------------------------------------------------------------------
     def mount(self, meta: CapsuleMeta, layer_dirs: list[Path], volatile: bool = False) -> None:

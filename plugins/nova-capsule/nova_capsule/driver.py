@@ -451,13 +451,10 @@ class CapsuleDriver(ComputeDriver):
         """End this run's conmon (after a failed start nothing may stay behind)."""
         import signal
 
-        try:
-            pid = int((files.root / "conmon.pid").read_text())
-        except (OSError, ValueError):
+        pid = files.monitor_pid()
+        if pid is None:
             return
         try:
-            if os.path.basename(Path(f"/proc/{pid}/exe").resolve()) != "conmon":
-                return
             os.kill(pid, signal.SIGKILL)
         except (OSError, ProcessLookupError):
             return
@@ -564,6 +561,8 @@ class CapsuleDriver(ComputeDriver):
             return ResourceStatus(ref=spec.ref, state=Lifecycle.PAUSED, data=data)
         if code is None and not files.log.exists():
             return ResourceStatus(ref=spec.ref, state=Lifecycle.CREATED, data=data)
+        if code is None and status == "stopped":  # just exited: conmon is about to record it
+            code = files.await_exit_code(meta.id)
         detail = f"exited with code {code}" if code is not None else ""
         return ResourceStatus(ref=spec.ref, state=Lifecycle.STOPPED, detail=detail, data=data,
                               exit_code=code)

@@ -263,6 +263,45 @@ def test_quick_reincarnation_is_not_undone_by_an_old_exit_hook(driver: CapsuleDr
             driver.delete(spec)
 
 
+def test_status_of_a_just_exited_capsule_waits_for_conmon_to_record_the_code(
+        driver: CapsuleDriver, tmp_path: Path) -> None:
+    """The runtime reports "stopped" as soon as the main process is gone; conmon writes the
+    exit code a moment later. ``status`` in that window must give the code, not None.
+
+    The window is widened on purpose: conmon is frozen (SIGSTOP) while the workload is
+    killed, and thawed 0.3 s later from a timer thread.
+    """
+    import signal
+    import threading
+
+    spec = container(tmp_path, name="win")
+    driver.create(spec)
+    try:
+        driver.start(spec)
+        files = driver.files(spec)
+        monitor = files.monitor_pid()
+        assert monitor is not None
+        workload = int(driver.status(spec).data["pid"])
+        os.kill(monitor, signal.SIGSTOP)
+        thaw = threading.Timer(0.3, os.kill, (monitor, signal.SIGCONT))
+        try:
+            os.kill(workload, signal.SIGKILL)
+            deadline = time.monotonic() + 5
+            while Path(f"/proc/{workload}/stat").read_text().split()[2] != "Z":
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            assert files.exit_code(capsule_id("capt", "win")) is None  # the window is open
+            thaw.start()
+            status = driver.status(spec)
+        finally:
+            thaw.cancel()
+            os.kill(monitor, signal.SIGCONT)
+        assert status.state.value == "stopped"
+        assert status.exit_code == 137
+    finally:
+        driver.delete(spec)
+
+
 def test_missing_runtime_is_a_clear_error(driver: CapsuleDriver, tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     from nova_core.errors import NovaError
