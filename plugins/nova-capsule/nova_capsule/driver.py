@@ -273,7 +273,8 @@ class CapsuleDriver(ComputeDriver):
             mounts=mounts, netns=str(netns) if netns else None,
             userns=str(files.userns) if netns else None,
             host_network="host" in spec.networks, hostname=spec.hostname or spec.ref.name)
-        (files.root / "config.json").write_text(json.dumps(config, indent=1))
+        # compact: json's C encoder (indent= takes the pure-Python one, ~1.5 ms per start here)
+        (files.root / "config.json").write_text(json.dumps(config))
 
     @staticmethod
     def _network_files(spec: ContainerSpec, files: CapsuleFiles) -> list[dict[str, object]]:
