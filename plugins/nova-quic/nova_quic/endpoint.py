@@ -188,6 +188,7 @@ class Link:
     timer: Timer | None = None
     timer_at: float | None = None
     received_at: float = 0.0  # the fast path's last packet, not yet given to aioquic's idle timer
+    unacked: list[int] = field(default_factory=list)  # numbers opened, not yet told to aioquic
     tx_packets: int = 0
     tx_bytes: int = 0
     rx_packets: int = 0
@@ -302,7 +303,7 @@ class Endpoint:
             self._warm.packet(time.monotonic())
         peers, more = self.peers, self._tap_waiting
         skip = VNET if self.vnet else 0
-        for _ in range(BATCH):
+        for index in range(BATCH):
             try:
                 data = os.read(self.tap_fd, 65536 + VNET)
             except BlockingIOError:  # epoll said readable; rare
@@ -325,6 +326,8 @@ class Endpoint:
                     continue
                 quic.send_datagram_frame(frame)
                 self._dirty.add(target)
+            if not index:  # the first read leaves before the check for more: a lone frame
+                self._flush_dirty()  # (a ping, an ACK) waits for no poll
             if not more(0):
                 break
         self._flush_dirty()
@@ -367,8 +370,12 @@ class Endpoint:
 
     def _open(self, link: Link, data: bytes, now: float) -> bool:
         """Deliver a DATAGRAM-only 1-RTT packet to the TAP without aioquic's receive
-        path, recording it for acknowledgement as aioquic would; False for any other
-        packet (aioquic then takes it)."""
+        path; False for any other packet (aioquic then takes it).
+
+        Its number is checked against duplicates and recorded for acknowledgement as
+        aioquic does, but the record in aioquic's structures (a range set and a window,
+        three Python calls per packet) waits for :meth:`_record_received`.
+        """
         quic = link.quic
         space = quic._spaces[Epoch.ONE_RTT]
         assert link.protection is not None
@@ -382,17 +389,16 @@ class Endpoint:
             first = header[0]
         else:
             first, number, payload = opened
-        if payload[:1] != b"\x30" or first & 0x18 or number in space.received_packets:
+        if payload[:1] != b"\x30" or first & 0x18:
             return False
-        if number >= space.expected_packet_number:
-            space.expected_packet_number = number + 1
-        if number > space.largest_received_packet:
+        if number > space.largest_received_packet:  # in order (the usual case): new
             space.largest_received_packet = number
             space.largest_received_time = now
-        space.ack_queue.add(number)
-        space.received_packets.add(number)
-        if len(space.ack_queue) > MAX_ACK_RANGES:
-            space.ack_queue.shift()
+        elif number in link.unacked or number in space.received_packets:
+            return True  # a duplicate: dropped (RFC 9000 section 12.3), as aioquic does
+        if number >= space.expected_packet_number:
+            space.expected_packet_number = number + 1
+        link.unacked.append(number)  # for aioquic's ACKs: _record_received
         if space.ack_at is None:
             space.ack_at = now + quic._ack_delay
         kind = payload[1]
@@ -498,6 +504,22 @@ class Endpoint:
                 self._flush(link)
 
     @staticmethod
+    def _record_received(link: Link) -> None:
+        """Record the fast path's packets in aioquic's ACK queue and duplicate window, as
+        its receive path does for each of its own; done before aioquic looks at them
+        (before it takes a packet, before it sends), not per packet."""
+        numbers, link.unacked = link.unacked, []
+        space = link.quic._spaces[Epoch.ONE_RTT]
+        if space.discarded:
+            return
+        queue, window = space.ack_queue, space.received_packets
+        for number in numbers:
+            queue.add(number)
+            window.add(number)
+            if len(queue) > MAX_ACK_RANGES:
+                queue.shift()
+
+    @staticmethod
     def _idle_from_fast_path(link: Link) -> None:
         """Move aioquic's idle timeout on for the fast path's packets, as its receive path
         does for each of its own; done before aioquic looks at it (timers, the ACK round),
@@ -531,6 +553,8 @@ class Endpoint:
             if link.ready and self._open(link, data, now):
                 opened.add(link)
                 return
+        if link.unacked:
+            self._record_received(link)  # aioquic's duplicate check sees them
         link.quic.receive_datagram(data, addr, now)
         self._events(link)
         self._dirty.add(link)
@@ -551,6 +575,8 @@ class Endpoint:
         sock = self.sock
         if link.out:
             self._send_sealed(link, link.quic._network_paths[0].addr)
+        if link.unacked:
+            self._record_received(link)  # the ACK aioquic builds covers them
         for data, addr in link.quic.datagrams_to_send(now=time.monotonic()):
             try:
                 sock.sendto(data, addr)

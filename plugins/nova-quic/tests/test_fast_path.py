@@ -123,3 +123,98 @@ def test_a_frame_in_the_peers_next_key_phase_reaches_the_tap_whole(tmp_path: Pat
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+def _receiving(server: _Connection) -> tuple[Endpoint, Link, int, int]:
+    """An endpoint with only what the receive path uses; its "TAP" is a datagram socket
+    pair (read end, write end), which keeps each frame the endpoint writes apart."""
+    link = Link(quic=server, addr=ADDR, dialed=False, started=1000.0,
+                protection=Protection(server._cryptos[Epoch.ONE_RTT], CID_LENGTH))
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    read_end, write_end = ours.detach(), theirs.detach()
+    os.set_blocking(read_end, False)
+    endpoint = Endpoint.__new__(Endpoint)  # no TAP, socket or loop of its own
+    endpoint.vnet, endpoint.tap_fd, endpoint.macs = True, write_end, {}
+    return endpoint, link, read_end, write_end
+
+
+def _frame(marker: bytes) -> bytes:
+    return bytes(VNET) + bytes.fromhex("020000000002" "020000000001" "0800") + marker * 50
+
+
+def _tap_frames(read_end: int) -> list[bytes]:
+    frames = []
+    while True:
+        try:
+            frames.append(os.read(read_end, 4096))
+        except BlockingIOError:
+            return frames
+
+
+def test_a_replayed_packet_never_reaches_the_tap(tmp_path: Path) -> None:
+    """The fast path keeps the numbers it opened for aioquic's records until aioquic next
+    looks; a replay (same number, valid seal) is dropped before that and after it, a
+    packet that arrives late but new is delivered."""
+    client, server = connected(tmp_path)
+    sender = Protection(client._cryptos[Epoch.ONE_RTT], CID_LENGTH)
+    endpoint, link, read_end, write_end = _receiving(server)
+    try:
+        first = server._spaces[Epoch.ONE_RTT].expected_packet_number
+        packets = {n: sender.seal(server.host_cid, n, b"\x30\x01" + _frame(bytes([65 + n - first])))
+                   for n in range(first, first + 4)}
+        for number in (first, first + 1, first + 3, first + 2):  # the third arrives late
+            assert endpoint._open(link, packets[number], now=1000.0) is True
+        assert [f[-1:] for f in _tap_frames(read_end)] == [b"A", b"B", b"D", b"C"]
+        assert endpoint._open(link, packets[first + 1], now=1000.0) is True  # not yet recorded
+        assert endpoint._open(link, packets[first + 3], now=1000.0) is True  # the largest
+        assert _tap_frames(read_end) == []
+        Endpoint._record_received(link)
+        assert link.unacked == []
+        assert endpoint._open(link, packets[first + 2], now=1000.0) is True  # recorded now
+        assert _tap_frames(read_end) == []
+        assert link.rx_packets == 4
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_aioquics_next_packet_acknowledges_what_the_fast_path_opened(tmp_path: Path) -> None:
+    """The ACK frame aioquic builds when the endpoint flushes the link covers the packets
+    the fast path opened (sent over loopback UDP and opened with the client's keys)."""
+    import asyncio
+
+    from aioquic.quic.packet import pull_ack_frame
+
+    client, server = connected(tmp_path)
+    sender = Protection(client._cryptos[Epoch.ONE_RTT], CID_LENGTH)
+    endpoint, link, read_end, write_end = _receiving(server)
+    loop = asyncio.new_event_loop()
+    out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        out.bind(("127.0.0.1", 0))
+        peer.bind(("127.0.0.1", 0))
+        peer.settimeout(5)
+        server._network_paths[0].addr = peer.getsockname()
+        endpoint.sock, endpoint.loop, endpoint._dirty = out, loop, set()
+        first = server._spaces[Epoch.ONE_RTT].expected_packet_number
+        numbers = [first, first + 1, first + 2, first + 5]
+        for number in numbers:
+            packet = sender.seal(server.host_cid, number, b"\x30\x01" + _frame(b"x"))
+            assert endpoint._open(link, packet, now=1000.0) is True
+        assert len(_tap_frames(read_end)) == 4
+        endpoint._flush(link)
+        data = peer.recv(65536)
+        expected = client._spaces[Epoch.ONE_RTT].expected_packet_number
+        _header, payload, _number = client._cryptos[Epoch.ONE_RTT].decrypt_packet(
+            data, 1 + CID_LENGTH, expected)
+        assert payload[0] in (0x02, 0x03), "no ACK frame first in aioquic's packet"
+        acked, _delay = pull_ack_frame(Buffer(data=payload[1:]))
+        assert all(number in acked for number in numbers)
+        assert first + 3 not in acked and first + 4 not in acked
+    finally:
+        for fd in (read_end, write_end):
+            os.close(fd)
+        out.close()
+        peer.close()
+        loop.close()
