@@ -368,9 +368,10 @@ class Endpoint:
             link.sealed = 0
         self._sealed.add(link)
 
-    def _open(self, link: Link, data: bytes, now: float) -> bool:
+    def _open(self, link: Link, data: bytes, now: float) -> bool | None:
         """Deliver a DATAGRAM-only 1-RTT packet to the TAP without aioquic's receive
-        path; False for any other packet (aioquic then takes it).
+        path: True once it is taken, None for a duplicate (dropped before it counts for
+        anything, as aioquic drops one), False for any other packet (aioquic takes it).
 
         Its number is checked against duplicates and recorded for acknowledgement as
         aioquic does, but the record in aioquic's structures (a range set and a window,
@@ -395,7 +396,7 @@ class Endpoint:
             space.largest_received_packet = number
             space.largest_received_time = now
         elif number in link.unacked or number in space.received_packets:
-            return True  # a duplicate: dropped (RFC 9000 section 12.3), as aioquic does
+            return None  # a duplicate (RFC 9000 section 12.3)
         if number >= space.expected_packet_number:
             space.expected_packet_number = number + 1
         link.unacked.append(number)  # for aioquic's ACKs: _record_received
@@ -550,9 +551,12 @@ class Endpoint:
             link = self.links.get(data[1:1 + CID_LENGTH])
             if link is None:
                 return
-            if link.ready and self._open(link, data, now):
-                opened.add(link)
-                return
+            if link.ready:
+                taken = self._open(link, data, now)
+                if taken:
+                    opened.add(link)  # its ACK and idle timer: after the batch
+                if taken is not False:
+                    return
         if link.unacked:
             self._record_received(link)  # aioquic's duplicate check sees them
         link.quic.receive_datagram(data, addr, now)
