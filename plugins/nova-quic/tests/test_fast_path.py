@@ -181,14 +181,13 @@ def test_a_replayed_packet_never_reaches_the_tap(tmp_path: Path) -> None:
 def test_aioquics_next_packet_acknowledges_what_the_fast_path_opened(tmp_path: Path) -> None:
     """The ACK frame aioquic builds when the endpoint flushes the link covers the packets
     the fast path opened (sent over loopback UDP and opened with the client's keys)."""
-    import asyncio
-
     from aioquic.quic.packet import pull_ack_frame
+    from nova_quic.loop import Loop
 
     client, server = connected(tmp_path)
     sender = Protection(client._cryptos[Epoch.ONE_RTT], CID_LENGTH)
     endpoint, link, read_end, write_end = _receiving(server)
-    loop = asyncio.new_event_loop()
+    loop = Loop()  # the endpoint's own: _flush arms the link's timer on it
     out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
