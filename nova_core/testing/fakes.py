@@ -46,6 +46,7 @@ from nova_core.drivers.models import (
 from nova_core.drivers.network import NetworkDriver
 from nova_core.drivers.storage import StorageDriver
 from nova_core.errors import NovaError
+from nova_core.files import replace_file
 
 FaultPoint = Literal["create", "start", "stop", "delete", "attach", "detach", "snapshot"]
 
@@ -73,9 +74,7 @@ class _FakeStore:
             if self.path.exists():
                 self.data = json.loads(self.path.read_text() or "{}")
             yield self.data
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True))
-            os.replace(tmp, self.path)
+            replace_file(self.path, json.dumps(self.data, indent=1, sort_keys=True))
 
 
 class _FakeBase(Driver):
