@@ -39,6 +39,7 @@ Everything runs on 127.0.0.1 in temporary folders and is removed afterwards.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -155,6 +156,10 @@ def main() -> int:
             registry.stop()
             for used in (home, tmp / "crun-home"):  # runtime state Nova kept under /run
                 shutil.rmtree(run_root(used), ignore_errors=True)
+            for parent in [*Path("/sys/fs/cgroup").glob("*/nova-bench"),  # the floor's, emptied
+                           *Path("/sys/fs/cgroup").glob("nova-bench")]:   # by crun (v1, v2)
+                with contextlib.suppress(OSError):
+                    parent.rmdir()
             if podman:
                 subprocess.run([podman, "rmi", "-f", f"{registry.address}/bench/busybox:1"],
                                capture_output=True)
