@@ -372,8 +372,10 @@ class BridgeDriver(NetworkDriver):
                 ledger.put(record)  # recorded before anything is made
             service = self.dns_service(record)
             try:
+                inner = lease.inner
                 self._make_lease_links(links, record, lease)
-                ledger.put(record)  # with the interface name the links got
+                if lease.inner != inner:  # a lease recorded before names came from the position
+                    ledger.put(record)  # with the interface name the links got
                 if DnsService.wanted(record):
                     service.ensure_running(record)
                     service.add(record, lease)
@@ -474,8 +476,9 @@ class BridgeDriver(NetworkDriver):
             if record is not None:
                 service = self.dns_service(record)
                 service.remove(key)
-                if not DnsService.wanted(record):
-                    service.stop()  # the last VM left a network without dns
+                if not DnsService.wanted(record) and (
+                        lease.endpoint == "tap" or service.supervisor_pid() is not None):
+                    service.stop()  # the last VM left a network without dns (or, stray, ran)
                 ledger.put(record)
                 if lease.published or lease.guarded:
                     self._sync_host(ledger)

@@ -1,4 +1,7 @@
-"""Links, addresses and routes through netlink (pyroute2's IPRoute), never by parsing ``ip``.
+"""Links, addresses and routes through netlink (pyroute2), never by parsing ``ip``.
+
+An instance's veth pair and its addresses and routes are pyroute2's messages sent in
+one batch (:func:`rtnl_batch`); the rest goes through pyroute2's IPRoute.
 
 Interface names are short hashes (IFNAMSIZ is 15): ``nvb*`` bridges, ``nvv*``
 host ends of veth pairs, ``nvt*`` taps, ``nvx*`` VXLAN devices. The hash covers
@@ -17,6 +20,9 @@ from pathlib import Path
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from nova_core.errors import NovaError
 from nova_core.hostinfo import netns
@@ -45,15 +51,91 @@ def _fail(what: str, error: NetlinkError) -> NovaError:
     return NovaError(f"{what}: {os.strerror(error.code) if error.code else error}")
 
 
+RTM_NEWLINK, RTM_DELLINK, RTM_NEWADDR, RTM_NEWROUTE, NLMSG_ERROR = 16, 17, 20, 24, 2
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x100, 0x200, 0x400
+IFF_UP = 0x1
+RT_TABLE_MAIN, RTPROT_STATIC, RTN_UNICAST = 254, 4, 1
+
+
+def _link_up(index: int) -> ifinfmsg:
+    message = ifinfmsg()
+    message["header"]["type"] = RTM_NEWLINK
+    message["index"], message["flags"], message["change"] = index, IFF_UP, IFF_UP
+    return message
+
+
+def _address(index: int, address: str, prefix: int) -> ifaddrmsg:
+    message = ifaddrmsg()
+    message["header"]["type"] = RTM_NEWADDR
+    message["header"]["flags"] = NLM_F_CREATE | NLM_F_REPLACE
+    message["family"] = socket.AF_INET6 if ":" in address else socket.AF_INET
+    message["prefixlen"], message["index"] = prefix, index
+    message["attrs"] = [("IFA_LOCAL", address), ("IFA_ADDRESS", address)]
+    return message
+
+
+def _default_route(index: int, gateway: str) -> rtmsg:
+    message = rtmsg()
+    message["header"]["type"] = RTM_NEWROUTE
+    message["header"]["flags"] = NLM_F_CREATE | NLM_F_REPLACE
+    message["family"] = socket.AF_INET6 if ":" in gateway else socket.AF_INET
+    message["table"], message["proto"], message["type"] = RT_TABLE_MAIN, RTPROT_STATIC, RTN_UNICAST
+    message["attrs"] = [("RTA_GATEWAY", gateway), ("RTA_OIF", index)]
+    return message
+
+
+def rtnl_batch(messages: list[ifinfmsg | ifaddrmsg | rtmsg]) -> None:
+    """Send rtnetlink requests in one datagram, in the calling thread's network namespace,
+    and wait for every acknowledgement; raise the first error as a NetlinkError.
+
+    pyroute2's messages, without its IPRoute: opening one costs about 1.2 ms and each
+    request through it 0.6-1 ms, where the kernel's own work is a fraction of that. The
+    kernel handles the requests in order (an address before the route that needs it).
+    """
+    data = bytearray()
+    for sequence, message in enumerate(messages, 1):
+        header = message["header"]
+        header["flags"] = header.get("flags", 0) | NLM_F_REQUEST | NLM_F_ACK
+        header["sequence_number"] = sequence
+        message.encode()
+        data += message.data
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                       socket.NETLINK_ROUTE) as sock:
+        sock.bind((0, 0))
+        sock.send(data)
+        errors: dict[int, int] = {}
+        while len(errors) < len(messages):
+            reply = sock.recv(65536)
+            offset = 0
+            while offset + 16 <= len(reply):
+                length, kind, _flags, sequence, _pid = struct.unpack_from("=IHHII", reply, offset)
+                if kind == NLMSG_ERROR:
+                    errors[sequence] = -struct.unpack_from("=i", reply, offset + 16)[0]
+                offset += (length + 3) & ~3 or len(reply)
+    for sequence in sorted(errors):
+        if errors[sequence]:
+            raise NetlinkError(errors[sequence])
+
+
 class Links:
-    """One netlink socket in the host's network namespace."""
+    """pyroute2's IPRoute in the host's network namespace, opened when first needed:
+    attaching and detaching an instance need none (:func:`rtnl_batch`), and opening one
+    takes about 2 ms."""
 
     def __init__(self) -> None:
-        self.ipr = IPRoute()
+        self._ipr: IPRoute | None = None
+
+    @property
+    def ipr(self) -> IPRoute:
+        if self._ipr is None:
+            self._ipr = IPRoute()
+        return self._ipr
 
     def close(self) -> None:
-        """Close the socket."""
-        self.ipr.close()
+        """Close the socket, if one was opened."""
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
 
     def __enter__(self) -> Links:
         return self
@@ -127,10 +209,16 @@ class Links:
 
     def delete(self, name: str) -> None:
         """Delete a link; fine if it is gone."""
+        index = _index(name)
+        if index is None:
+            return
+        message = ifinfmsg()
+        message["header"]["type"] = RTM_DELLINK
+        message["index"] = index
         try:
-            self.ipr.link("del", ifname=name)
+            rtnl_batch([message])
         except NetlinkError as error:
-            if error.code != 19:  # ENODEV
+            if error.code != 19:  # ENODEV: gone meanwhile
                 raise _fail(f"deleting {name}", error) from error
 
     def enslave(self, name: str, bridge: str) -> None:
@@ -152,10 +240,18 @@ class Links:
         """A veth pair: ``host`` on the bridge, ``inner`` (with ``mac``) in ``namespace``."""
         fd = os.open(namespace, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            fields = {"mtu": mtu} if mtu else {}
-            self.ipr.link("add", ifname=host, kind="veth", master=_index(bridge),
-                          state="up", peer={"ifname": inner, "net_ns_fd": fd, "address": mac,
-                                            **fields}, **fields)
+            mtu_attrs = [("IFLA_MTU", mtu)] if mtu else []
+            peer = {"attrs": [("IFLA_IFNAME", inner), ("IFLA_NET_NS_FD", fd),
+                              ("IFLA_ADDRESS", mac), *mtu_attrs]}
+            message = ifinfmsg()
+            message["header"]["type"] = RTM_NEWLINK
+            message["header"]["flags"] = NLM_F_CREATE | NLM_F_EXCL
+            message["flags"] = message["change"] = IFF_UP
+            message["attrs"] = [("IFLA_IFNAME", host), ("IFLA_MASTER", _index(bridge)), *mtu_attrs,
+                                ("IFLA_LINKINFO", {"attrs": [
+                                    ("IFLA_INFO_KIND", "veth"),
+                                    ("IFLA_INFO_DATA", {"attrs": [("VETH_INFO_PEER", peer)]})]})]
+            rtnl_batch([message])
         except NetlinkError as error:
             raise _fail(f"making veth {host} into {namespace}", error) from error
         finally:
@@ -210,20 +306,15 @@ def configure_inside(namespace: Path, inner: str, addresses: list[tuple[str, int
         # podman configure theirs. Written from inside the namespace.
         for knob, value in UNPRIVILEGED_SYSCTLS.items():
             Path("/proc/sys", knob).write_text(value + "\n")
-        with IPRoute() as ipr:
-            index = _index(inner)
-            loopback = _index("lo")
-            if index is None or loopback is None:
-                raise NovaError(f"{inner} is missing in {namespace}")
-            ipr.link("set", index=loopback, state="up")
-            for address, prefix in addresses:
-                ipr.addr("replace", index=index, address=address, prefixlen=prefix)
-            ipr.link("set", index=index, state="up")
-            if default_route:
-                for gateway in gateways:
-                    six = ":" in gateway
-                    ipr.route("replace", dst="::/0" if six else "0.0.0.0/0", gateway=gateway,
-                              oif=index, family=10 if six else 2)
+        index = _index(inner)
+        loopback = _index("lo")
+        if index is None or loopback is None:
+            raise NovaError(f"{inner} is missing in {namespace}")
+        requests = [_link_up(loopback), *(_address(index, address, prefix)
+                                          for address, prefix in addresses), _link_up(index)]
+        if default_route:
+            requests += [_default_route(index, gateway) for gateway in gateways]
+        rtnl_batch(requests)
 
     try:
         netns.run_inside(namespace, work)

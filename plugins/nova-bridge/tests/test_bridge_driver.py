@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from nova_bridge import firewall
 from nova_bridge.driver import BridgeDriver, BridgeOptions, VxlanDriver, VxlanOptions
-from nova_bridge.links import Links
+from nova_bridge.links import Links, configure_inside
 from nova_bridge.records import Ledger
 from nova_bridge.testing import make_outside_host
 from nova_bridge.testing import run_in_netns as in_ns
@@ -173,6 +173,59 @@ def test_a_capsule_on_two_networks_gets_eth0_and_eth1(driver: BridgeDriver, made
     assert not netns.exists(Path(second.details["netns"]))
 
 
+def test_a_capsule_is_plugged_in_with_everything_it_needs(driver: BridgeDriver, made) -> None:
+    """Both ends of the veth, the namespace's links, addresses, routes and sysctls, as
+    `ip` sees them, for a dual-stack network with its own MTU; detach removes it all."""
+    spec = made(network(subnet="10.251.23.0/24", mtu=1400,
+                        options={"subnet6": "fd00:251:23::/64"}))
+    attachment = driver.attach(spec, capsule("wired"))
+    details = attachment.details
+    namespace = Path(details["netns"])
+    host_end = Ledger(driver.context.nova_home).get("brt", "lan").leases["container.wired"].link
+
+    def ip(*args: str, inside: bool = True) -> list[dict]:
+        where = ["-n", namespace.name] if inside else []
+        return json.loads(subprocess.run(["ip", "-j", *where, *args], capture_output=True,
+                                         text=True, check=True).stdout)
+
+    (outer,) = ip("-d", "link", "show", host_end, inside=False)
+    assert (outer["master"], outer["mtu"], outer["linkinfo"]["info_kind"]) == (
+        details["bridge"], 1400, "veth")
+    assert "UP" in outer["flags"]
+    links = {link["ifname"]: link for link in ip("addr")}
+    assert set(links) == {"lo", "eth0"}
+    assert "UP" in links["lo"]["flags"] and "UP" in links["eth0"]["flags"]
+    assert (links["eth0"]["address"], links["eth0"]["mtu"]) == (details["mac"], 1400)
+    assert sorted(f"{a['local']}/{a['prefixlen']}" for a in links["eth0"]["addr_info"]
+                  if a["scope"] == "global") == ["10.251.23.2/24", "fd00:251:23::2/64"]
+    defaults = [(route["gateway"], route["dev"], route["protocol"]) for family in ("-4", "-6")
+                for route in ip(family, "route", "show", "default")]
+    assert defaults == [("10.251.23.1", "eth0", "static"), ("fd00:251:23::1", "eth0", "static")]
+    sysctls = subprocess.run(["ip", "netns", "exec", namespace.name, "cat",
+                              "/proc/sys/net/ipv4/ip_unprivileged_port_start"],
+                             capture_output=True, text=True, check=True).stdout
+    assert sysctls.strip() == "0"
+    driver.detach(spec, attachment)
+    assert not Path(f"/sys/class/net/{host_end}").exists()
+    assert not netns.exists(namespace)
+
+
+def test_a_request_the_kernel_refuses_is_a_clear_error(tmp_path: Path) -> None:
+    """configure_inside sends its requests in one batch: the kernel's refusal of one
+    (a gateway outside every subnet of the link) comes back as the error."""
+    namespace = netns.create(netns.NETNS_DIR / "nvtest-refused")
+    try:
+        subprocess.run(["ip", "-n", namespace.name, "link", "add", "eth0", "type", "veth",
+                        "peer", "name", "peer0"], check=True)  # both ends go with the namespace
+        with pytest.raises(NovaError, match=r"configuring eth0 in .*nvtest-refused: "
+                                            r"Network is unreachable"):
+            configure_inside(namespace, "eth0", [("10.251.24.2", 24)], ["10.251.99.1"], True)
+        with pytest.raises(NovaError, match="eth7 is missing in"):
+            configure_inside(namespace, "eth7", [("10.251.24.2", 24)], ["10.251.24.1"], True)
+    finally:
+        netns.delete(namespace)
+
+
 def test_enslaving_the_hosts_uplink_is_refused_unless_forced(nova_home: Path) -> None:
     subprocess.run(["ip", "link", "add", "nvtestup0", "type", "veth", "peer", "name", "nvtestup1"],
                    check=True)
@@ -298,6 +351,8 @@ def test_a_vm_gets_its_reserved_address_by_dhcp(driver: BridgeDriver, made) -> N
         netns.delete(guest)
     driver.detach(spec, attachment)
     assert not Path(f"/sys/class/net/{tap}").exists()
+    record = Ledger(driver.context.nova_home).get("brt", "lan")
+    assert driver.dns_service(record).supervisor_pid() is None  # no VM left, no dns: no dnsmasq
 
 
 def test_isolated_networks_and_nat_rules(driver: BridgeDriver, made, nova_home: Path) -> None:
