@@ -238,6 +238,9 @@ class Links:
     def add_veth(self, host: str, bridge: str, namespace: Path, inner: str, mac: str,
                  mtu: int | None) -> None:
         """A veth pair: ``host`` on the bridge, ``inner`` (with ``mac``) in ``namespace``."""
+        master = _index(bridge)
+        if master is None:
+            raise NovaError(f"bridge {bridge} is missing", hint="nova up remakes it")
         fd = os.open(namespace, os.O_RDONLY | os.O_CLOEXEC)
         try:
             mtu_attrs = [("IFLA_MTU", mtu)] if mtu else []
@@ -247,7 +250,7 @@ class Links:
             message["header"]["type"] = RTM_NEWLINK
             message["header"]["flags"] = NLM_F_CREATE | NLM_F_EXCL
             message["flags"] = message["change"] = IFF_UP
-            message["attrs"] = [("IFLA_IFNAME", host), ("IFLA_MASTER", _index(bridge)), *mtu_attrs,
+            message["attrs"] = [("IFLA_IFNAME", host), ("IFLA_MASTER", master), *mtu_attrs,
                                 ("IFLA_LINKINFO", {"attrs": [
                                     ("IFLA_INFO_KIND", "veth"),
                                     ("IFLA_INFO_DATA", {"attrs": [("VETH_INFO_PEER", peer)]})]})]
