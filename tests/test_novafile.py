@@ -243,6 +243,7 @@ def test_boltfile_services_become_capsules(project_dir: Path) -> None:
 
         [services.web]
         build = "./web"
+        init = true
         ports = ["8080:80"]
         depends_on = { db = { condition = "service_healthy" } }
         networks = ["front"]
@@ -263,6 +264,7 @@ def test_boltfile_services_become_capsules(project_dir: Path) -> None:
     web = loaded.specs["container.web"]
     assert web.depends_on == ["db"] and web.networks == ["front"] and web.build == "./web"
     assert web.registry_auth == {"username": "me", "password": "pw"}
+    assert web.init and not db.init  # compose's init: an init process as PID 1
     assert loaded.specs["network.front"].driver == "bridge"
     assert db.networks == ["default"]  # compose-style: services naming no network share one
     default = loaded.specs["network.default"]

@@ -244,6 +244,8 @@ class ContainerSpec(InstanceSpec):
     build: str | None = None
     devices: list[str] = Field(default_factory=list)
     gpu: bool = False
+    init: bool = Field(False, description="an init as PID 1 that passes signals on and reaps "
+                                          "orphans (catatonit)")
     registry_auth: dict[str, str] = Field(default_factory=dict, description="never printed")
 
 

@@ -228,6 +228,8 @@ class ContainerEntry(_InstanceEntry):
     auth: AuthEntry | None = None
     devices: StrList = Field(default_factory=list, description="device nodes, e.g. /dev/dri/renderD128")
     gpu: bool = False
+    init: bool = Field(False, description="run an init as PID 1 (signals, orphans), as "
+                                          "compose's init")
 
     @field_validator("capsule", "image")
     @classmethod

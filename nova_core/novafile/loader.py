@@ -375,7 +375,7 @@ def _build_spec(
             **common, **fields, hostname=entry.hostname, workdir=entry.workdir, user=entry.user,
             uid=entry.uid, gid=entry.gid, args=entry.args, pids=entry.pids, healthcheck=health,
             storage_size=entry.storage.size if entry.storage else None, build=entry.build,
-            devices=entry.devices, gpu=entry.gpu,
+            devices=entry.devices, gpu=entry.gpu, init=entry.init,
             registry_auth=entry.auth.model_dump(exclude_none=True) if entry.auth else {},
         )
     if kind == "network":

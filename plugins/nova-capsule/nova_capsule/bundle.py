@@ -9,10 +9,12 @@ paths, resource limits, and an absolute cgroup under ``/nova``.
 
 from __future__ import annotations
 
+import os
 import resource
 from typing import Any
 
 from nova_core.drivers.models import ContainerSpec
+from nova_core.errors import NovaError
 
 CAPABILITIES = [
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
@@ -37,6 +39,21 @@ DENIED_SYSCALLS = [
     "syslog", "uselib", "userfaultfd", "ustat", "vm86", "vm86old", "adjtimex",
 ]
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#: Static init programs (any image can run them), in order of preference: Debian's
+#: catatonit (podman's --init) and tini-static (docker's --init is tini).
+INIT_PROGRAMS = ("/usr/bin/catatonit", "/usr/libexec/podman/catatonit", "/usr/bin/tini-static")
+#: Where a capsule with ``init = true`` sees it: /dev is the capsule's own tmpfs, so the
+#: bind's mount point never lands in the capsule's persistent root filesystem.
+INIT_PATH = "/dev/init"
+
+
+def init_program() -> str:
+    """The host's init program for capsules with ``init = true``."""
+    for path in INIT_PROGRAMS:
+        if os.access(path, os.X_OK):
+            return path
+    raise NovaError("init = true needs an init program on the host (catatonit or tini-static)",
+                    hint="apt-get install catatonit")
 
 
 def seccomp_profile() -> dict[str, Any]:
@@ -74,6 +91,10 @@ def oci_config(spec: ContainerSpec, *, rootfs: str, argv: list[str], env: dict[s
     edits = device_edits(spec.devices, spec.gpu)
     env = {**env, **edits.env}
     mounts = [*mounts, *edits.mounts]
+    if spec.init:  # PID 1 passes SIGTERM on (a program as PID 1 ignores it) and reaps orphans
+        mounts.append({"destination": INIT_PATH, "type": "bind", "source": init_program(),
+                       "options": ["bind", "ro", "nosuid", "nodev"]})
+        argv = [INIT_PATH, "--", *argv]
     resources: dict[str, Any] = {"devices": [{"allow": False, "access": "rwm"}, *edits.rules]}
     if spec.memory:
         resources["memory"] = {"limit": spec.memory}

@@ -208,6 +208,8 @@ class CapsuleDriver(ComputeDriver):
         from nova_capsule.devices import device_edits
 
         device_edits(spec.devices, spec.gpu)  # every node exists (checked again at start)
+        if spec.init:
+            bundlemod.init_program()  # the host has one (found again at start)
         binds = []
         for mount in spec.volumes:
             source = Path(mount.host_path or mount.source)

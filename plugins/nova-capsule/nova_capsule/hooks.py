@@ -30,7 +30,7 @@ def nova_image_kinds() -> list[Any]:
 
 @hookimpl
 def nova_doctor_checks() -> list[CheckResult]:
-    """An OCI runtime (crun or runc), the conmon monitor, overlayfs."""
+    """An OCI runtime (crun or runc), the conmon monitor, an init program, overlayfs."""
     runtimes = [name for name in ("crun", "runc") if shutil.which(name)]
     results = [CheckResult(
         CATEGORY, "OCI runtime", "ok" if runtimes else "fail",
@@ -38,6 +38,17 @@ def nova_doctor_checks() -> list[CheckResult]:
         None if runtimes else "apt-get install crun (or runc)")]
     results.append(program_check(CATEGORY, "conmon", "monitors each capsule",
                                  "apt-get install conmon"))
+    from nova_capsule.bundle import init_program
+    from nova_core.errors import NovaError
+
+    try:
+        init: str | None = init_program()
+    except NovaError:
+        init = None
+    results.append(CheckResult(
+        CATEGORY, "init program", "ok" if init else "warn",
+        f"{init} (for init = true)" if init else "neither catatonit nor tini-static found "
+        "(capsules with init = true cannot be made)", None if init else "apt-get install catatonit"))
     try:
         with open("/proc/filesystems") as handle:
             has_overlay = any(line.split()[-1] == "overlay" for line in handle if line.strip())

@@ -315,6 +315,45 @@ def test_missing_runtime_is_a_clear_error(driver: CapsuleDriver, tmp_path: Path,
     assert not driver.files(container(tmp_path, name="nort")).root.exists()
 
 
+def test_init_passes_sigterm_on_to_a_program_that_ignores_it_as_pid_1(
+        driver: CapsuleDriver, tmp_path: Path) -> None:
+    """busybox sleep as PID 1 ignores SIGTERM (no handler), so its stop ends with SIGKILL
+    (137); with init = true catatonit is PID 1, sleep gets the SIGTERM and dies of it
+    (143), and the capsule's root filesystem gets no trace of the init's mount point."""
+    plain = container(tmp_path, name="plain", command=["sleep", "600"])
+    wrapped = container(tmp_path, name="wrapped", command=["sleep", "600"], init=True,
+                        stop_timeout=10.0)
+    for spec in (plain, wrapped):
+        driver.create(spec)
+    try:
+        for spec in (plain, wrapped):
+            driver.start(spec)
+        first = exec_out(driver, wrapped, "tr '\\0' ' ' < /proc/1/cmdline").stdout
+        assert first.split() == ["/dev/init", "--", "sleep", "600"]
+        assert exec_out(driver, plain, "tr '\\0' ' ' < /proc/1/cmdline").stdout.split() == \
+            ["sleep", "600"]
+        driver.stop(plain, 1.0)
+        driver.stop(wrapped, 10.0)
+        assert driver.status(plain).exit_code == 137
+        assert driver.status(wrapped).exit_code == 143
+        assert not (driver.files(wrapped).upper / "dev").exists()
+    finally:
+        for spec in (plain, wrapped):
+            driver.delete(spec)
+
+
+def test_init_without_an_init_program_is_a_clear_error(driver: CapsuleDriver, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from nova_capsule import bundle
+
+    monkeypatch.setattr(bundle, "INIT_PROGRAMS", (str(tmp_path / "no-catatonit"),))
+    spec = container(tmp_path, name="noinit", init=True)
+    with pytest.raises(NovaError, match="init = true needs an init program") as caught:
+        driver.create(spec)
+    assert caught.value.hint == "apt-get install catatonit"
+    assert not driver.files(spec).root.exists()
+
+
 def test_image_rm_keeps_layers_capsules_use(driver: CapsuleDriver, running: ContainerSpec,
                                             run_nova, capsule_home: Path) -> None:
     from nova_capsule.images import find_local, image_store
