@@ -118,6 +118,29 @@ def test_changes_are_updated_replaced_or_deleted(lab: Path, run_nova, nova_home:
     assert fake_state(nova_home, "storage") != {}  # the volume and its data were kept
 
 
+def test_a_spec_recorded_before_a_field_existed_is_not_replaced(lab: Path, run_nova,
+                                                                 nova_home: Path) -> None:
+    """An upgrade adds a field (``init`` came this way): the spec an older Nova
+    recorded lacks it and has another digest, yet nothing the user wrote changed."""
+    run_nova("up", cwd=lab, check=True)
+    with sqlite3.connect(nova_home / "state.db") as conn:
+        (text,) = conn.execute("SELECT spec FROM resources WHERE name = 'web'").fetchone()
+        old = json.loads(text)
+        del old["init"]
+        conn.execute("UPDATE resources SET spec = ?, spec_hash = ? WHERE name = 'web'",
+                     (json.dumps(old), "0" * 64))
+    plan = json.loads(run_nova("plan", "--json", cwd=lab, check=True).stdout)
+    actions = {s["resource"]: s["action"] for s in plan["steps"]}
+    assert actions["container.web"] == "unchanged"
+    assert run_nova("up", cwd=lab, check=True).stdout.strip().endswith("(4 unchanged)")
+    assert fake_state(nova_home)["lab/container/web"]["log"] == ["created", "started"]
+    # a real change to the same resource is still seen
+    write_novafile(lab, LAB.replace('memory = "256Mi"', 'memory = "512Mi"'))
+    plan = json.loads(run_nova("plan", "--json", cwd=lab, check=True).stdout)
+    assert {s["resource"]: (s["action"], s["reason"]) for s in plan["steps"]}[
+        "container.web"] == ("update", "changed: memory")
+
+
 def test_secrets_never_printed(lab: Path, run_nova) -> None:
     for args in (("plan",), ("plan", "--json"), ("validate", "--json"), ("up",)):
         done = run_nova(*args, cwd=lab)

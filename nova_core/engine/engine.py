@@ -159,13 +159,17 @@ class Engine:
             step.changed = frozenset({"driver"})
             step.reason = f"driver changed from {step.recorded.driver} to {spec.driver}"
             return step
+        changed: frozenset[str] = frozenset()
         if row.spec_hash != specmod.spec_hash(spec):
+            # A spec recorded before a field was added reads back with that field's
+            # default: a different digest, no difference that matters.
             changed = (specmod.changed_fields(step.recorded, spec) if step.recorded
                        else frozenset({"spec"}))
+        if changed:
             step.changed = changed
             driver = self._try_driver(spec)
             updatable = getattr(driver, "updatable_fields", frozenset())
-            step.action = "update" if changed and changed <= updatable else "replace"
+            step.action = "update" if changed <= updatable else "replace"
             step.reason = "changed: " + ", ".join(sorted(changed))
             return step
         step.action, step.reason = "unchanged", "matches the NovaFile"

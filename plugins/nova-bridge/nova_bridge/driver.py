@@ -478,7 +478,10 @@ class BridgeDriver(NetworkDriver):
                 service.remove(key)
                 if not DnsService.wanted(record) and (
                         lease.endpoint == "tap" or service.supervisor_pid() is not None):
-                    service.stop()  # the last VM left a network without dns (or, stray, ran)
+                    # the last VM left a network without dns. A dnsmasq whose supervisor
+                    # died is not looked for here (a /proc scan per detach): the
+                    # network's delete and the next start find and kill it.
+                    service.stop()
                 ledger.put(record)
                 if lease.published or lease.guarded:
                     self._sync_host(ledger)

@@ -1,7 +1,8 @@
 """Links, addresses and routes through netlink (pyroute2), never by parsing ``ip``.
 
-An instance's veth pair and its addresses and routes are pyroute2's messages sent in
-one batch (:func:`rtnl_batch`); the rest goes through pyroute2's IPRoute.
+An instance's veth pair, its addresses and routes, and its deletion are pyroute2's
+messages sent in batches of one datagram each (:func:`rtnl_batch`); the rest goes
+through pyroute2's IPRoute.
 
 Interface names are short hashes (IFNAMSIZ is 15): ``nvb*`` bridges, ``nvv*``
 host ends of veth pairs, ``nvt*`` taps, ``nvx*`` VXLAN devices. The hash covers
@@ -10,6 +11,7 @@ NOVA_HOME, so two Nova homes on one host (or one test per home) never collide.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import ipaddress
@@ -38,9 +40,8 @@ def link_name(prefix: str, nova_home: Path, *parts: str) -> str:
 
 
 def _index(name: str) -> int | None:
-    """The index of link ``name`` in the calling thread's network namespace (where its
-    IPRoute was opened), None without one: an ioctl, where a netlink lookup through
-    pyroute2 takes about 1 ms."""
+    """The index of link ``name`` in the calling thread's network namespace, None without
+    one: an ioctl, where a netlink lookup through pyroute2 takes about 1 ms."""
     try:
         return socket.if_nametoindex(name)
     except OSError:
@@ -84,6 +85,10 @@ def _default_route(index: int, gateway: str) -> rtmsg:
     return message
 
 
+#: Seconds to wait for the kernel's acknowledgements of one batch.
+RTNL_TIMEOUT = 10.0
+
+
 def rtnl_batch(messages: list[ifinfmsg | ifaddrmsg | rtmsg]) -> None:
     """Send rtnetlink requests in one datagram, in the calling thread's network namespace,
     and wait for every acknowledgement; raise the first error as a NetlinkError.
@@ -102,10 +107,15 @@ def rtnl_batch(messages: list[ifinfmsg | ifaddrmsg | rtmsg]) -> None:
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                        socket.NETLINK_ROUTE) as sock:
         sock.bind((0, 0))
+        sock.settimeout(RTNL_TIMEOUT)  # the kernel answers at once; never hang on it
         sock.send(data)
         errors: dict[int, int] = {}
         while len(errors) < len(messages):
-            reply = sock.recv(65536)
+            try:
+                reply = sock.recv(65536)
+            except TimeoutError:
+                raise NetlinkError(errno.ETIMEDOUT, f"no answer from rtnetlink in "
+                                                    f"{RTNL_TIMEOUT:g} s") from None
             offset = 0
             while offset + 16 <= len(reply):
                 length, kind, _flags, sequence, _pid = struct.unpack_from("=IHHII", reply, offset)

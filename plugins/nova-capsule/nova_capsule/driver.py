@@ -67,6 +67,13 @@ class CapsuleDriver(ComputeDriver):
 
     instance_kinds: ClassVar[frozenset[ResourceKind]] = frozenset({ResourceKind.CONTAINER})
     options_model: ClassVar[type[DriverOptions]] = CapsuleOptions
+    #: Fields that take effect at the next start (config.json is written at every start):
+    #: a change restarts the capsule and keeps its writable layer and snapshots.
+    updatable_fields: ClassVar[frozenset[str]] = frozenset({
+        "init", "env", "command", "args", "workdir", "hostname", "user", "uid", "gid",
+        "memory", "cpu", "pids", "stop_timeout", "healthcheck"})
+    #: Of those, the ones only Nova reads (no restart needed).
+    NOVA_ONLY_FIELDS: ClassVar[frozenset[str]] = frozenset({"stop_timeout", "healthcheck"})
 
     # -- helpers -----------------------------------------------------------------
     def files(self, spec: InstanceSpec) -> CapsuleFiles:
@@ -468,6 +475,16 @@ class CapsuleDriver(ComputeDriver):
     def _teardown(self, runtime: Runtime, meta: CapsuleMeta, files: CapsuleFiles) -> None:
         """Remove the runtime's container, the mounts and the cgroup."""
         teardown(runtime, meta.id, files)
+
+    def update(self, spec: InstanceSpec, changed: frozenset[str]) -> ResourceStatus:
+        """Restart with the new spec, unless only fields Nova itself reads changed."""
+        assert isinstance(spec, ContainerSpec)
+        status = self.status(spec)
+        if changed <= self.NOVA_ONLY_FIELDS and status.state == Lifecycle.RUNNING:
+            return status
+        if spec.init:
+            bundlemod.init_program()  # before the stop: a missing one leaves it running
+        return super().update(spec, changed)
 
     def stop(self, spec: InstanceSpec, timeout: float) -> ResourceStatus:
         """SIGTERM, then SIGKILL after ``timeout``; then unmount (the upper layer stays)."""

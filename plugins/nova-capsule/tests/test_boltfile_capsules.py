@@ -1,5 +1,6 @@
 """A Boltfile brought up as capsules through the real CLI: order, health, env, volumes,
-and the compose-style default network (needs nova-bridge, installed with the suite)."""
+and the compose-style default network (needs nova-bridge, installed with the suite);
+and a NovaFile capsule changed in place by a second ``nova up``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import json
 import textwrap
 import time
 from pathlib import Path
+
+from nova_capsule.cgroups import cgroup_dirs
+from nova_capsule.driver import capsule_id
 
 BOLTFILE = """
 project = "shop"
@@ -104,3 +108,48 @@ def test_host_network_is_flagged_in_plan(run_nova, capsule_home: Path, tmp_path:
     plan = run_nova("plan", cwd=tmp_path)
     assert plan.returncode == 0, plan.stderr
     assert "shares the host's network; it is not isolated" in plan.stdout
+
+
+UPDATED = """
+project = "upd"
+
+[container.svc]
+capsule = "test/busybox:1"
+command = ["sleep", "600"]
+stop_timeout = 2
+"""
+
+
+def test_changing_init_env_or_memory_restarts_the_capsule_and_keeps_its_files(
+        run_nova, capsule_home: Path, tmp_path: Path) -> None:
+    """Fields written to the OCI config at each start are updated by a restart, not a
+    replace: what the capsule wrote to its root filesystem is still there."""
+    (tmp_path / "NovaFile").write_text(UPDATED)
+    try:
+        assert run_nova("up", cwd=tmp_path, timeout=120).returncode == 0
+        wrote = run_nova("exec", "container", "svc", "--", "sh", "-c", "echo kept > /etc/mine",
+                         cwd=tmp_path)
+        assert wrote.returncode == 0, wrote.stderr
+        (tmp_path / "NovaFile").write_text(UPDATED + 'init = true\nenv.MODE = "two"\n'
+                                           'memory = "64Mi"\n')
+        plan = json.loads(run_nova("plan", "--json", cwd=tmp_path).stdout)
+        assert [(s["action"], s["reason"]) for s in plan["steps"]] == [
+            ("update", "changed: env, init, memory")]
+        up = run_nova("up", cwd=tmp_path, timeout=120)
+        assert up.returncode == 0, up.stderr
+        seen = run_nova("exec", "container", "svc", "--", "sh", "-c",
+                        "tr '\\0' ' ' < /proc/1/cmdline; echo; echo $MODE; cat /etc/mine",
+                        cwd=tmp_path)
+        assert seen.stdout.split("\n")[:3] == ["/dev/init -- sleep 600 ", "two", "kept"]
+        limits = [(d / name).read_text().strip() for d in cgroup_dirs(capsule_id("upd", "svc"))
+                  for name in ("memory.max", "memory.limit_in_bytes") if (d / name).exists()]
+        assert limits == [str(64 * 2**20)]
+        # stop_timeout alone is Nova's own business: no restart
+        listing = run_nova("ls", "--json").stdout  # started time and pid
+        (tmp_path / "NovaFile").write_text(UPDATED.replace("stop_timeout = 2", "stop_timeout = 3")
+                                           + 'init = true\nenv.MODE = "two"\nmemory = "64Mi"\n')
+        assert run_nova("up", cwd=tmp_path, timeout=120).returncode == 0
+        assert run_nova("ls", "--json").stdout == listing
+    finally:
+        down = run_nova("down", cwd=tmp_path, timeout=120)
+    assert down.returncode == 0, down.stderr
