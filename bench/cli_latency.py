@@ -21,10 +21,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 
-from timing import median_seconds, warm_helper
+from timing import median_seconds, scratch_folder, warm_helper
 
 TARGETS = {"nova --version": 0.060, "nova ls (1000 instances)": 0.150}
 
@@ -68,8 +67,7 @@ def main() -> int:
     args = parser.parse_args()
     script = Path(sys.executable).parent / "nova"  # the console script users run
     nova = [str(script)] if script.exists() else [sys.executable, "-m", "nova_core.cli.main"]
-    with tempfile.TemporaryDirectory(prefix="nova-bench-") as tmp:
-        tmp_path = Path(tmp)
+    with scratch_folder("nova-bench-") as tmp_path:
         env = dict(os.environ, NOVA_HOME=str(tmp_path / "home0"), NOVA_WARM="0")
         results: list[tuple[str, float]] = []
         floor = median_seconds([sys.executable, "-c", "pass"], args.runs, env)

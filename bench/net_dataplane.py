@@ -32,10 +32,11 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from timing import scratch_folder
 
 REPO = Path(__file__).resolve().parent.parent
 LOOP = "trap 'exit 0' TERM; while true; do sleep 1; done"
@@ -275,8 +276,7 @@ def main() -> int:
         return 1
     results: dict[str, tuple[list[float], list[float]]] = {}
     cleanups: list[Callable[[], None]] = []
-    with tempfile.TemporaryDirectory(prefix="nova-netbench-") as tmp_name:
-        tmp = Path(tmp_name)
+    with scratch_folder("nova-netbench-") as tmp:
         try:
             # Every setup lives in namespaces of its own ("hosts"), none in the root
             # namespace, so no firewall of another setup (or of the machine) is on its path.

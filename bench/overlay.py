@@ -26,7 +26,6 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -43,6 +42,7 @@ from overlay_peers import (  # noqa: E402
     tinc_summary,
     tinc_version,
 )
+from timing import scratch_folder  # noqa: E402
 
 
 def nova_pair(stack: ExitStack, tmp: Path, tag: str, prefix: str, network: str,
@@ -104,8 +104,7 @@ def main() -> int:
     from nova_capsule.testing import busybox_layer
 
     setups: dict[str, tuple[list[str], list[str], str]] = {}
-    with tempfile.TemporaryDirectory(prefix="nova-overlay-bench-") as tmp_name, ExitStack() as stack:
-        tmp = Path(tmp_name)
+    with scratch_folder("nova-overlay-bench-") as tmp, ExitStack() as stack:
         busybox = tmp / "busybox.tar.gz"
         busybox.write_bytes(busybox_layer())
         wanted = set(args.only.split(",")) if args.only else None

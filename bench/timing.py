@@ -57,6 +57,24 @@ def median_ratio(samples: dict[str, list[float]], ours: str, theirs: str) -> flo
 
 
 @contextmanager
+def scratch_folder(prefix: str) -> Iterator[Path]:
+    """A temporary folder for a benchmark's NOVA_HOMEs (up to three levels down). Afterwards
+    it is removed, and so are the folders Nova keeps on /run for each of those NOVA_HOMEs
+    (runtime state, locks, sockets), which outlive a NOVA_HOME on purpose."""
+    from nova_core.testing.pytest_plugin import remove_run_folders
+
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield folder
+    finally:
+        for pattern in ("", "*", "*/*", "*/*/*"):
+            for home in [folder] if not pattern else folder.glob(pattern):
+                if home.is_dir() and not home.is_symlink():
+                    remove_run_folders(home)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
 def warm_helper(nova: list[str], env: dict[str, str], cwd: Path | None = None,
                 ) -> Iterator[dict[str, str]]:
     """The environment for timing ``nova`` as users run it: with a warm helper (the default;

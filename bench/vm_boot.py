@@ -48,6 +48,7 @@ from timing import helper_rss_kib, warm_helper
 from nova_core.drivers.base import DriverContext
 from nova_core.drivers.models import ResourceKind, ResourceRef, VmSpec
 from nova_core.hostinfo.processes import command_lines, find_processes
+from nova_core.testing.pytest_plugin import remove_run_folders
 
 NOVA = [str(Path(sys.executable).parent / "nova")]  # the console script users run
 HELPER_MARK = "nova_core.warm import serve"
@@ -212,6 +213,7 @@ def main() -> None:
         subprocess.run([*NOVA, "down", "-p", "bench"], env={**os.environ, "NOVA_HOME": str(home)},
                        capture_output=True)
         helper.close()
+        remove_run_folders(home)  # what Nova keeps on /run for the NOVA_HOME
         shutil.rmtree(work, ignore_errors=True)
 
     nova_s = statistics.median(results["nova"])
