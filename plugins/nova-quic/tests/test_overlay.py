@@ -50,6 +50,17 @@ def _no_leftovers(sites: list[Site]) -> None:
         assert names == ["lo", "eth0"], names
 
 
+def _wait_listening(site: Site, capsule: str, port: int, timeout: float = 30) -> None:
+    """Wait until a TCP socket listens on ``port`` in the capsule (IPv4 or IPv6, as
+    /proc/net lists them): starting ``nova exec`` takes longer on a busy machine than
+    any fixed pause."""
+    pattern = f":{port:04X} [0:]+ 0A "  # local port, any remote, state LISTEN
+    deadline = time.monotonic() + timeout
+    while site.exec(capsule, f"grep -qE '{pattern}' /proc/net/tcp /proc/net/tcp6").returncode:
+        assert time.monotonic() < deadline, f"nothing listens on {port} in {capsule}"
+        time.sleep(0.1)
+
+
 def _down(sites: list[Site]) -> None:
     for site in sites:
         site.nova("down")
@@ -101,12 +112,17 @@ def test_three_hosts_share_one_encrypted_network(tmp_path: Path, busybox: Path) 
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             listener = None
             try:
-                time.sleep(1.0)  # tcpdump is listening
+                assert dump.stderr is not None
+                # tcpdump says "listening on eth0" once it captures (it may warn first)
+                said = [dump.stderr.readline()]
+                while said[-1] and b"listening on" not in said[-1]:
+                    said.append(dump.stderr.readline())
+                assert said[-1], f"tcpdump ended: {said}"
                 listener = subprocess.Popen(
                     ["nsenter", f"--net={beta.host.path}", "env", f"NOVA_HOME={beta.home}",
                      *_nova_argv(), "exec", "container", "c1", "--", "sh", "-c",
                      "nc -l -p 7000"], cwd=beta.folder, stdout=subprocess.PIPE, text=True)
-                time.sleep(1.5)
+                _wait_listening(beta, "c1", 7000)
                 sent = alpha.exec("c0", f"for i in 1 2 3; do echo {marker}; done | nc c1 7000")
                 assert sent.returncode == 0, sent.stdout + sent.stderr
                 received, _ = listener.communicate(timeout=10)
