@@ -46,12 +46,11 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from nova_capsule.layers import extract_layer
-from nova_capsule.runtime import find_runtime, run_root
+from nova_capsule.runtime import find_runtime
 from nova_capsule.testing import LocalRegistry, busybox_layer, image_config, push_image
 from timing import (
     Command,
@@ -59,6 +58,7 @@ from timing import (
     interleaved_seconds,
     median_ratio,
     median_seconds,
+    scratch_folder,
     warm_helper,
 )
 
@@ -88,7 +88,9 @@ def crun_floor(tmp: Path, layer: bytes) -> Command:
     bundle = tmp / "bundle"
     bundle.mkdir()
     extract_layer(blob, bundle / "rootfs")
-    runtime = find_runtime("crun", tmp / "crun-home")
+    home = tmp / "crun-home"  # made, so that scratch_folder finds its /run folder
+    home.mkdir()
+    runtime = find_runtime("crun", home)
     subprocess.run([runtime.binary, "spec"], cwd=bundle, check=True)
     config = json.loads((bundle / "config.json").read_text())
     config["process"].update(terminal=False, args=["/bin/true"])
@@ -110,8 +112,7 @@ def main() -> int:
     compose = shutil.which("podman-compose")
     results: dict[str, float] = {}
     samples: dict[str, list[float]] = {}
-    with tempfile.TemporaryDirectory(prefix="nova-bench-") as tmp_name:
-        tmp = Path(tmp_name)
+    with scratch_folder("nova-bench-") as tmp:  # also removes what Nova kept under /run
         registry = LocalRegistry(tmp / "registry").start()
         home = tmp / "home"
         home.mkdir()
@@ -154,8 +155,6 @@ def main() -> int:
                     compose, tmp, image, args.many, runtime)
         finally:
             registry.stop()
-            for used in (home, tmp / "crun-home"):  # runtime state Nova kept under /run
-                shutil.rmtree(run_root(used), ignore_errors=True)
             for parent in [*Path("/sys/fs/cgroup").glob("*/nova-bench"),  # the floor's, emptied
                            *Path("/sys/fs/cgroup").glob("nova-bench")]:   # by crun (v1, v2)
                 with contextlib.suppress(OSError):
