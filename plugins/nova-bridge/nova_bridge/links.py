@@ -228,7 +228,7 @@ class Links:
         try:
             rtnl_batch([message])
         except NetlinkError as error:
-            if error.code != 19:  # ENODEV: gone meanwhile
+            if error.code != errno.ENODEV:  # gone meanwhile
                 raise _fail(f"deleting {name}", error) from error
 
     def enslave(self, name: str, bridge: str) -> None:

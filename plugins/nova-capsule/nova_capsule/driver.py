@@ -479,9 +479,10 @@ class CapsuleDriver(ComputeDriver):
     def update(self, spec: InstanceSpec, changed: frozenset[str]) -> ResourceStatus:
         """Restart with the new spec, unless only fields Nova itself reads changed."""
         assert isinstance(spec, ContainerSpec)
-        status = self.status(spec)
-        if changed <= self.NOVA_ONLY_FIELDS and status.state == Lifecycle.RUNNING:
-            return status
+        if changed <= self.NOVA_ONLY_FIELDS:
+            status = self.status(spec)  # asks the runtime: only when it can spare a restart
+            if status.state == Lifecycle.RUNNING:
+                return status
         if spec.init:
             bundlemod.init_program()  # before the stop: a missing one leaves it running
         return super().update(spec, changed)
