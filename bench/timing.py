@@ -61,7 +61,7 @@ def scratch_folder(prefix: str) -> Iterator[Path]:
     """A temporary folder for a benchmark's NOVA_HOMEs (up to three levels down). Afterwards
     it is removed, and so are the folders Nova keeps on /run for each of those NOVA_HOMEs
     (runtime state, locks, sockets), which outlive a NOVA_HOME on purpose."""
-    from nova_core.testing.pytest_plugin import remove_run_folders
+    from nova_core.testing.cleanup import remove_run_folders
 
     folder = Path(tempfile.mkdtemp(prefix=prefix))
     try:

@@ -48,7 +48,7 @@ from timing import helper_rss_kib, warm_helper
 from nova_core.drivers.base import DriverContext
 from nova_core.drivers.models import ResourceKind, ResourceRef, VmSpec
 from nova_core.hostinfo.processes import command_lines, find_processes
-from nova_core.testing.pytest_plugin import remove_run_folders
+from nova_core.testing.cleanup import remove_run_folders
 
 NOVA = [str(Path(sys.executable).parent / "nova")]  # the console script users run
 HELPER_MARK = "nova_core.warm import serve"

@@ -23,7 +23,7 @@ from nova_capsule.testing import busybox_layer
 from nova_test_helpers import write_novafile
 
 from nova_core.hostinfo import netns
-from nova_core.testing.pytest_plugin import remove_run_folders
+from nova_core.testing.cleanup import remove_run_folders
 
 LOOP = "trap 'exit 0' TERM; while true; do sleep 0.2; done"
 SERVE = "trap 'exit 0' TERM; while true; do echo hello-from-$(hostname) | nc -l -p 80; done"

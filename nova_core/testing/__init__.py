@@ -11,4 +11,6 @@
 * :mod:`nova_core.testing.pytest_plugin`: fixtures (``nova_home``,
   ``fake_distribution``, ``nova_fake_drivers``, ``run_nova``), registered with
   pytest automatically when nova-core is installed.
+* :mod:`nova_core.testing.cleanup`: ``remove_run_folders(home)``, which removes the
+  folders drivers keep on /run for a NOVA_HOME (no pytest needed, for benchmarks).
 """

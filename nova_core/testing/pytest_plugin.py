@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from nova_core.testing.cleanup import remove_run_folders
+
+__all__ = ["remove_run_folders"]  # also importable from here, as before
+
 FAKE_DRIVERS = {
     "nova_core.compute": {"fake": "nova_core.testing.fakes:FakeComputeDriver"},
     "nova_core.network": {"fake": "nova_core.testing.fakes:FakeNetworkDriver"},
@@ -37,21 +41,6 @@ def nova_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     monkeypatch.setenv("NOVA_HOME", str(home))
     yield home
     remove_run_folders(home)
-
-
-def remove_run_folders(home: Path) -> None:
-    """Remove ``/run/nova-HASH`` and ``/run/nova-*-HASH`` of ``home``, never crossing a mount
-    (whatever a failed test left mounted stays, for the test's own leak checks to report)."""
-    import shutil
-
-    from nova_core.names import home_digest
-
-    digest = home_digest(home)
-    for folder in [Path("/run") / f"nova-{digest}", *Path("/run").glob(f"nova-*-{digest}")]:
-        if not folder.is_dir() or os.path.ismount(folder):
-            continue
-        if not any(os.path.ismount(root) for root, _dirs, _files in os.walk(folder)):
-            shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

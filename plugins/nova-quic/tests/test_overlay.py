@@ -17,7 +17,7 @@ from nova_bridge.testing import host_unchanged
 from nova_capsule.testing import busybox_layer
 from nova_quic.testing import Site, endpoint_processes, underlay
 
-from nova_core.testing.pytest_plugin import remove_run_folders
+from nova_core.testing.cleanup import remove_run_folders
 
 NETWORK = """[network.mesh]
 type = "overlay"
