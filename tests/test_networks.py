@@ -189,6 +189,41 @@ def test_published_ports_answer_from_the_host_and_from_outside(nova, project_dir
         outside.remove()
 
 
+def test_publishing_port_53_leaves_the_networks_own_dns_alone(nova, project_dir: Path) -> None:
+    """A capsule publishing host port 53 (the issue's own "53:53/udp") must not take over
+    the DNS that Nova's dnsmasq serves on every network's gateway, which is a local
+    address of the host too; and a second `nova up` of the same file changes nothing."""
+    write_novafile(project_dir, f"""
+        project = "dnsp"
+
+        [network.lan]
+        subnet = "10.252.26.0/24"
+        dns = true
+
+        [container.resolver]
+        capsule = "local/busybox:latest"
+        network = "lan"
+        ports = ["53:53/udp", "53:53/tcp"]
+        command = ["sh", "-c", "{LOOP}"]
+        stop_timeout = 2
+
+        [container.client]
+        capsule = "local/busybox:latest"
+        network = "lan"
+        command = ["sh", "-c", "{LOOP}"]
+        stop_timeout = 2
+        """)
+    nova("up")
+    resolver_ip = json.loads(nova("net", "inspect", "lan", "--json").stdout)
+    [resolver_ip] = [a["ip"] for a in resolver_ip["attached"] if a["instance"].endswith(".resolver")]
+    looked_up = in_capsule(nova, "client", "nslookup resolver 10.252.26.1")
+    assert looked_up.returncode == 0 and resolver_ip in looked_up.stdout, looked_up
+    again = nova("up")
+    assert "nothing to do" in (again.stdout + again.stderr).lower() or "unchanged" in again.stdout
+    looked_up = in_capsule(nova, "client", "nslookup client")
+    assert looked_up.returncode == 0, looked_up
+
+
 def test_nat_reaches_an_outside_address(nova, project_dir: Path) -> None:
     write_novafile(project_dir, f"""
         project = "natp"

@@ -60,6 +60,13 @@ class NetworkDriver(Driver):
         (an instance may stop on its own). The default does nothing.
         """
 
+    def own_sockets(self) -> set[tuple[str, str, int]]:
+        """(protocol, address, port) of host sockets that this driver's own services hold
+        for every network of this NOVA_HOME (a DNS server on each gateway, say) and keep
+        out of the way of published ports. ``nova up`` does not count them as a program
+        already listening on a port an instance publishes. The default: none."""
+        return set()
+
     def inspect(self, spec: NetworkSpec) -> dict[str, object]:
         """What the driver knows about the network, for ``nova net inspect`` (JSON-able)."""
         return {}

@@ -256,18 +256,30 @@ class Engine:
             for port in recorded.get("ports") or []:
                 label = row.key if row.project == project else f"{row.key} of project {row.project}"
                 others.append((label, PortMapping.model_validate(port)))
+        held = self._own_sockets() if claims else set()
         problems = []
         for index, (key, port) in enumerate(claims):
             for other_key, other in claims[:index] + others:
                 if other_key != key and overlaps(port, other):
                     problems.append(f"{key} and {other_key} both publish host port "
                                     f"{port.host_port}/{port.protocol}")
-            if listening(port):
+            if listening(port, held):
                 problems.append(f"{key} publishes host port {port.host_port}/{port.protocol}, "
                                 "but a program on the host already listens there")
         if problems:
             raise NovaError("port conflict:\n" + "\n".join(f"  - {p}" for p in dict.fromkeys(problems)),
                             hint="change the host side of ports (HOST:TARGET) so each is used once")
+
+    def _own_sockets(self) -> set[tuple[str, str, int]]:
+        """Host sockets the services of this NOVA_HOME's network drivers hold (their
+        ``own_sockets``), over every recorded network's driver that is installed."""
+        held: set[tuple[str, str, int]] = set()
+        for name in sorted({row.driver for row in self.store.resources(None, kinds=("network",))}):
+            if self.registry.try_driver_class(DriverKind.NETWORK, name) is not None:
+                network_driver = self.driver(DriverKind.NETWORK, name)
+                if isinstance(network_driver, NetworkDriver):
+                    held |= network_driver.own_sockets()
+        return held
 
     # -- apply -------------------------------------------------------------------
     def check_plan(self, plan: Plan) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Container
 from pathlib import Path
 
 from nova_core.drivers.models import PortMapping
@@ -44,11 +45,12 @@ def sockets(protocol: str, proc: Path = Path("/proc/net")) -> list[tuple[str, in
     return found
 
 
-def listening(port: PortMapping) -> bool:
-    """True if a program on the host already holds ``port``'s host side."""
+def listening(port: PortMapping, ignored: Container[tuple[str, str, int]] = ()) -> bool:
+    """True if a program on the host already holds ``port``'s host side; sockets in
+    ``ignored`` ((protocol, address, port), as NetworkDriver.own_sockets) do not count."""
     wildcard = {"0.0.0.0", "::"}
     for address, number in sockets(port.protocol):
-        if number != port.host_port:
+        if number != port.host_port or (port.protocol, address, number) in ignored:
             continue
         if port.host_ip is None or address in wildcard or address == port.host_ip:
             return True

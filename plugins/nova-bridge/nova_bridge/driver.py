@@ -93,6 +93,13 @@ class BridgeDriver(NetworkDriver):
     def _bridge(self, spec: NetworkSpec) -> str:
         return link_name("nvb", self.context.nova_home, spec.ref.project, spec.ref.name)
 
+    def own_sockets(self) -> set[tuple[str, str, int]]:
+        """The DNS port of every gateway whose network runs Nova's DNS: dnsmasq binds it,
+        and the firewall keeps it out of every published port's DNAT (own_dns_rules)."""
+        return {(protocol, gateway, 53) for record in self.ledger.all() if record.dns
+                for gateway in (record.gateway, record.gateway6) if gateway
+                for protocol in ("udp", "tcp")}
+
     def dns_service(self, record: NetworkRecord) -> DnsService:
         """The dnsmasq of ``record``."""
         return DnsService(net_run_root(self.context.nova_home) / record.bridge,

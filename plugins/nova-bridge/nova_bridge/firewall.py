@@ -176,6 +176,22 @@ def port_rules(record: NetworkRecord, lease: Lease) -> Rules:
     return rules
 
 
+def own_dns_rules(record: NetworkRecord) -> Rules:
+    """(expressions, comment) that keep DNS to ``record``'s gateways with its dnsmasq:
+    placed before every DNAT rule, since a gateway is a local address of the host too,
+    which a port published on all addresses (``53:53/udp``) would otherwise take over."""
+    if not record.dns:
+        return []
+    rules = []
+    for family, gateway in (("ip", record.gateway), ("ip6", record.gateway6)):
+        if gateway:
+            rules.append(([_match(_payload(family, "daddr"), gateway),
+                           _match(_meta("l4proto"), {"set": ["tcp", "udp"]}),
+                           _match(_payload("th", "dport"), 53), {"accept": None}],
+                          f"{_label(record)}: DNS at its gateway is its own"))
+    return rules
+
+
 def _neighbours(record: NetworkRecord) -> list[tuple[str, str, str | None]]:
     """(family, subnet, gateway) of each of ``record``'s subnets."""
     return [(_family(subnet), subnet, gateway)
@@ -301,7 +317,9 @@ def chain_rules(records: list[NetworkRecord]) -> dict[str, Rules]:
     isolation: Rules = []
     accepts: Rules = []
     drops: Rules = []
+    published: Rules = []
     for record in records:
+        chains["prerouting"] += own_dns_rules(record)  # before any network's DNAT
         pre, out = raw_rules(record)
         chains["raw_prerouting"] += pre
         chains["raw_output"] += out
@@ -312,9 +330,9 @@ def chain_rules(records: list[NetworkRecord]) -> dict[str, Rules]:
         drops += dropped
         chains["postrouting"] += nat_rules(record)
         for lease in record.leases.values():
-            published = port_rules(record, lease)
-            chains["prerouting"] += published
-            chains["output"] += published
+            published += port_rules(record, lease)
+    chains["output"] = chains["prerouting"] + published
+    chains["prerouting"] += published
     bridged: Rules = []
     if records:  # traffic that stays on its bridge (br_netfilter shows it here): done at once
         pairs = [[{"concat": [record.bridge, record.bridge]}, {"accept": None}]
