@@ -3,7 +3,8 @@
 A Boltfile has a top-level ``project``, ``[services.NAME]`` tables and optional
 ``[networks.NAME]`` / ``[volumes.NAME]``. Services map to ``container`` tables,
 with compose-style spellings translated (``environment`` -> ``env``,
-``networks`` -> ``network``, ``depends_on`` as a table of conditions -> a list).
+``networks`` and ``network_mode`` -> ``network``, ``depends_on`` as a table of
+conditions -> a list).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 BOLTFILE_TOP_LEVEL = {"project": "project", "services": "container",
                       "networks": "network", "volumes": "volume"}
-RENAMES = {"environment": "env", "networks": "network"}
+RENAMES = {"environment": "env", "networks": "network", "network_mode": "network"}
 
 
 @dataclass

@@ -273,7 +273,7 @@ class CapsuleDriver(ComputeDriver):
         if not argv:
             raise NovaError(f"{spec.ref.key}: the image has no default command",
                             hint='set command = "..."')
-        uid, gid = self._user(spec, files)
+        uid, gid = self._user(spec, files, image)
         netns = self._netns(spec)
         mounts = self._mounts(spec, files.binds) + self._network_files(spec, files)
         config = bundlemod.oci_config(
@@ -317,23 +317,26 @@ class CapsuleDriver(ComputeDriver):
         return mounts
 
     @staticmethod
-    def _user(spec: ContainerSpec, files: CapsuleFiles) -> tuple[int, int]:
+    def _user(spec: ContainerSpec, files: CapsuleFiles,
+              image: ImageConfig | None = None) -> tuple[int, int]:
+        """(uid, gid) inside: ``uid``/``gid``, else ``user``, else the image's ``User``
+        (each ``NAME`` or ``NAME:GROUP``, by number or looked up in the image's files)."""
         if spec.uid is not None or spec.gid is not None:
             return spec.uid or 0, spec.gid if spec.gid is not None else (spec.uid or 0)
-        if not spec.user:
+        user = spec.user or (image.user if image else "")
+        if not user:
             return 0, 0
-        name, _, group = spec.user.partition(":")
+        whose = "user" if spec.user else "the image's user"
+        name, _, group = user.partition(":")
         if name.isdigit():
-            return int(name), int(group) if group.isdigit() else int(name)
-        for line in _read_in_root(files.rootfs, "etc/passwd", spec.ref.key).splitlines():
-            fields = line.split(":")
-            if len(fields) > 3 and fields[0] == name:
-                if not (fields[2].isdigit() and fields[3].isdigit()):
-                    raise NovaError(f"{spec.ref.key}: the image's /etc/passwd has a bad line "
-                                    f"for {name!r}", hint="give uid and gid instead of user")
-                return int(fields[2]), int(fields[3])
-        raise NovaError(f"{spec.ref.key}: user {name!r} is not in the image's /etc/passwd",
-                        hint="give uid and gid instead of user")
+            uid, gid = int(name), int(name)
+        else:
+            uid, gid = _lookup(files, "etc/passwd", name, spec.ref.key, whose)
+        if group.isdigit():
+            gid = int(group)
+        elif group:
+            gid = _lookup(files, "etc/group", group, spec.ref.key, whose)[0]
+        return uid, gid
 
     def _layer_dirs(self, meta: CapsuleMeta) -> list[Path]:
         from nova_capsule.images import image_store
@@ -703,6 +706,21 @@ def _parse_log_line(line: str) -> LogLine:
     except ValueError:
         timestamp = None
     return LogLine(text=text, stream=stream, timestamp=timestamp)  # type: ignore[arg-type]
+
+
+def _lookup(files: CapsuleFiles, table: str, name: str, key: str, whose: str) -> tuple[int, int]:
+    """(third, fourth) numeric field of ``name``'s line in the image's /etc/passwd or
+    /etc/group (uid and gid, or gid and nothing): a clear error when missing or bad."""
+    for line in _read_in_root(files.rootfs, table, key).splitlines():
+        fields = line.split(":")
+        if len(fields) > 2 and fields[0] == name:
+            numbers = fields[2:4] if table == "etc/passwd" else fields[2:3] * 2
+            if not all(number.isdigit() for number in numbers):
+                raise NovaError(f"{key}: the image's /{table} has a bad line for {name!r}",
+                                hint="give uid and gid instead of user")
+            return int(numbers[0]), int(numbers[1])
+    raise NovaError(f"{key}: {whose} {name!r} is not in the image's /{table}",
+                    hint="give uid and gid instead of user")
 
 
 def _read_in_root(root: Path, relative: str, what: str, limit: int = 1 << 20) -> str:

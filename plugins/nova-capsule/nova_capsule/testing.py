@@ -149,12 +149,14 @@ def layer_tar(entries: list[tuple[str, bytes | None]]) -> bytes:
     return gzip.compress(buffer.getvalue(), mtime=0)
 
 
-def image_config(cmd: list[str], env: list[str] | None = None, layers: list[bytes] = ()) -> bytes:
+def image_config(cmd: list[str], env: list[str] | None = None, layers: list[bytes] = (),
+                 user: str = "") -> bytes:
     """An OCI image config for ``layers`` (their uncompressed digests as diff_ids)."""
     diff_ids = ["sha256:" + hashlib.sha256(_uncompressed(layer)).hexdigest() for layer in layers]
     return json.dumps({
         "architecture": "amd64", "os": "linux",
-        "config": {"Cmd": cmd, "Env": env or ["PATH=/bin"], "WorkingDir": "/"},
+        "config": {"Cmd": cmd, "Env": env or ["PATH=/bin"], "WorkingDir": "/",
+                   **({"User": user} if user else {})},
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
     }).encode()
 

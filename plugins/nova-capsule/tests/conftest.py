@@ -12,6 +12,7 @@ from nova_capsule.testing import (
     busybox_layer,
     capsule_leftovers,
     image_config,
+    layer_tar,
     push_image,
 )
 
@@ -28,13 +29,21 @@ def _nothing_leaks(nova_home: Path) -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRegistry]:
-    """Debian's docker-registry on 127.0.0.1, with busybox:1 (and busybox:multi behind an index)."""
+    """Debian's docker-registry on 127.0.0.1, with busybox:1 (and busybox:multi behind an index)
+    and a two-layer image, layered:1."""
     local = LocalRegistry(tmp_path_factory.mktemp("registry")).start()
     try:
         layer = busybox_layer()
         config = image_config(["/bin/sh"], layers=[layer])
         push_image(local.address, "test/busybox", "1", [layer], config)
         push_image(local.address, "test/busybox", "multi", [layer], config, platform_index=True)
+        # two layers: the second deletes a file and hides a folder's files (whiteouts, an
+        # opaque folder) of the first; the config names a user
+        lower = busybox_layer({"etc/secret": b"s", "root/old": b"old", "etc/motd": b"lower"})
+        upper = layer_tar([("etc", None), ("etc/.wh.secret", b""), ("etc/motd", b"upper"),
+                           ("root", None), ("root/.wh..wh..opq", b""), ("root/new", b"new")])
+        push_image(local.address, "test/layered", "1", [lower, upper],
+                   image_config(["/bin/sh"], layers=[lower, upper], user="nobody:nogroup"))
         yield local
     finally:
         local.stop()

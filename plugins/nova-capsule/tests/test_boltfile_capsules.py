@@ -5,7 +5,12 @@ and a NovaFile capsule changed in place by a second ``nova up``."""
 from __future__ import annotations
 
 import json
+import queue
+import re
+import subprocess
+import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -38,6 +43,27 @@ stop_timeout = 2
 """
 
 
+def assert_logs_follow(project: Path) -> None:
+    """`nova logs -f` prints what is there, then what the capsule writes next, and keeps
+    following (what PID 1 writes to its stdout is what the monitor logs)."""
+    follow = subprocess.Popen([sys.executable, "-m", "nova_core.cli.main", "logs", "-f",
+                               "container", "web"], cwd=project, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in follow.stdout],  # type: ignore[union-attr]
+                     daemon=True).start()
+    try:
+        assert lines.get(timeout=30).strip() == "web saw hello"
+        subprocess.run([sys.executable, "-m", "nova_core.cli.main", "exec", "container", "web",
+                        "--", "sh", "-c", "echo written-later > /proc/1/fd/1"], cwd=project,
+                       check=True, timeout=60)
+        assert lines.get(timeout=30).strip() == "written-later"
+        assert follow.poll() is None  # still following
+    finally:
+        follow.kill()
+        follow.wait()
+
+
 def test_boltfile_up_waits_for_health_and_wires_things(run_nova, capsule_home: Path,
                                                          tmp_path: Path) -> None:
     project = tmp_path / "shop"
@@ -61,6 +87,11 @@ def test_boltfile_up_waits_for_health_and_wires_things(run_nova, capsule_home: P
         assert listing == {"db": "running", "web": "running"}
         logs = run_nova("logs", "container", "web", cwd=project)
         assert logs.stdout.strip() == "web saw hello"
+        stamped = run_nova("logs", "container", "web", "--timestamps", cwd=project).stdout
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\S* web saw hello\n", stamped), stamped
+        assert_logs_follow(project)
+        status = run_nova("exec", "container", "web", "--", "sh", "-c", "exit 7", cwd=project)
+        assert status.returncode == 7, status  # the command's own exit status
         site = run_nova("exec", "container", "web", "--", "cat", "/srv/site/index.html", cwd=project)
         assert site.returncode == 0 and site.stdout == "hi"
         readonly = run_nova("exec", "container", "web", "--", "touch", "/srv/site/x", cwd=project)
@@ -105,6 +136,12 @@ def test_unhealthy_dependency_is_a_clear_error(run_nova, capsule_home: Path, tmp
 def test_host_network_is_flagged_in_plan(run_nova, capsule_home: Path, tmp_path: Path) -> None:
     (tmp_path / "NovaFile").write_text('[container.h]\ncapsule = "test/busybox:1"\n'
                                        'network = "host"\n')
+    plan = run_nova("plan", cwd=tmp_path)
+    assert plan.returncode == 0, plan.stderr
+    assert "shares the host's network; it is not isolated" in plan.stdout
+    (tmp_path / "NovaFile").unlink()
+    (tmp_path / "Boltfile.toml").write_text('[services.h]\nimage = "test/busybox:1"\n'
+                                            'network_mode = "host"\n')  # compose's spelling
     plan = run_nova("plan", cwd=tmp_path)
     assert plan.returncode == 0, plan.stderr
     assert "shares the host's network; it is not isolated" in plan.stdout

@@ -95,9 +95,53 @@ def test_capabilities_no_new_privileges_and_seccomp(driver: CapsuleDriver, runni
     assert fields["NoNewPrivs"].strip() == "1" and fields["Seccomp"].strip() == "2"
     chown = exec_out(driver, running, "touch /tmp/f && chown 1000:1000 /tmp/f && stat -c %u /tmp/f")
     assert chown.stdout.strip() == "1000"
-    denied = exec_out(driver, running, "echo 1 > /proc/sysrq-trigger; mount -t tmpfs x /mnt; "
-                                       "swapoff -a")
-    assert denied.returncode != 0
+    for attempt in ("mount -t tmpfs x /mnt", "swapoff -a",
+                    "echo 1 > /proc/sys/kernel/sysrq", "mknod /tmp/sda b 8 0"):
+        denied = exec_out(driver, running, attempt)
+        assert denied.returncode != 0, f"{attempt!r} was allowed"
+
+
+def test_namespaces_masked_and_read_only_paths(driver: CapsuleDriver, running: ContainerSpec) -> None:
+    """Each namespace the issue names differs from the host's; /proc and /sys paths are
+    masked or read-only as in the runtime-spec defaults (bundle.MASKED_PATHS, READONLY_PATHS)."""
+    kinds = ("mnt", "uts", "ipc", "pid", "net", "user", "cgroup")
+    inside = exec_out(driver, running, "; ".join(f"readlink /proc/1/ns/{k}" for k in kinds))
+    assert len(inside.stdout.split()) == len(kinds), inside
+    for kind, theirs in zip(kinds, inside.stdout.split(), strict=True):
+        assert theirs != os.readlink(f"/proc/self/ns/{kind}"), f"the host's {kind} namespace"
+    assert Path("/proc/keys").read_text() and any(Path("/sys/firmware").iterdir())
+    masked = exec_out(driver, running, "cat /proc/keys | wc -c; ls -A /sys/firmware | wc -l")
+    assert masked.stdout.split() == ["0", "0"], masked  # /dev/null over a file, tmpfs over a dir
+    for path in ("/proc/sys/kernel/hostname", "/proc/sys/vm/drop_caches"):
+        written = exec_out(driver, running, f"echo x > {path}")
+        assert written.returncode != 0 and "Read-only file system" in written.stderr, written
+
+
+def test_a_layered_image_runs_with_its_whiteouts_and_its_user(driver: CapsuleDriver,
+                                                               tmp_path: Path) -> None:
+    """Pulled and run: the upper layer's whiteout hides /etc/secret, its opaque /root hides
+    the lower layer's files there, its /etc/motd wins; the config's "nobody:nogroup" is the
+    process's user unless the NovaFile gives one."""
+    spec = container(tmp_path, image="test/layered:1")
+    driver.create(spec)
+    try:
+        driver.start(spec)
+        seen = exec_out(driver, spec, "cat /etc/motd; echo; ls -A /root; ls /etc/secret; "
+                                      "grep -E '^(Uid|Gid):' /proc/1/status")
+        lines = seen.stdout.split("\n")
+        assert lines[:2] == ["upper", "new"], seen
+        assert "/etc/secret: No such file or directory" in seen.stderr
+        assert lines[2].split()[1:3] == ["65534", "65534"] and lines[3].split()[1] == "65534"
+    finally:
+        driver.delete(spec)
+    spec = container(tmp_path, name="c2", image="test/layered:1", user="root")
+    driver.create(spec)
+    try:
+        driver.start(spec)
+        seen = exec_out(driver, spec, "grep -E '^Uid:' /proc/1/status")
+        assert seen.stdout.split()[1] == "0", seen
+    finally:
+        driver.delete(spec)
 
 
 def test_cannot_write_host_files_outside_volumes(driver: CapsuleDriver, tmp_path: Path) -> None:
@@ -114,9 +158,12 @@ def test_cannot_write_host_files_outside_volumes(driver: CapsuleDriver, tmp_path
     driver.create(spec)
     try:
         driver.start(spec)
-        done = exec_out(driver, spec, "echo hi > /srv/shared/out && echo x > /srv/ro/keep; "
-                                      "echo y > /proc/sys/kernel/hostname; echo z > /sys/kernel/x")
-        assert done.returncode != 0
+        done = exec_out(driver, spec, "echo hi > /srv/shared/out")
+        assert done.returncode == 0, done
+        for attempt in ("echo x > /srv/ro/keep", "echo y > /proc/sys/kernel/hostname",
+                        "echo z > /sys/kernel/x", "touch /sys/x"):
+            refused = exec_out(driver, spec, attempt)
+            assert refused.returncode != 0, f"{attempt!r} was allowed"
         assert (shared / "out").read_text() == "hi\n"
         # root inside writes as its unprivileged host uid, never as host root
         assert (shared / "out").stat().st_uid == driver.files(spec).read().uid_base
@@ -190,11 +237,13 @@ def test_failed_create_leaves_nothing(driver: CapsuleDriver, tmp_path: Path, cap
         (container(tmp_path, name="u2", volumes=[parse_volume("./missing:/x", tmp_path)]),
          "does not exist"),
         (container(tmp_path, name="u3", memory=2**20), "too small"),
+        (container(tmp_path, name="u4", image="127.0.0.1:9/test/busybox:1"), "cannot reach registry"),
     ]
     for spec, message in cases:
         with pytest.raises(NovaError, match=message):
             driver.create(spec)
         assert not driver.files(spec).root.exists()
+        assert capsule_leftovers(capsule_home) == []
     uids = capsule_home / "drivers" / "capsule" / "uids.json"
     assert not uids.exists() or json.loads(uids.read_text()) == {}
 
