@@ -47,6 +47,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aioquic.buffer import Buffer
 from aioquic.quic.configuration import QuicConfiguration
@@ -68,7 +69,10 @@ from nova_core.errors import NovaError
 from nova_core.files import replace_file
 from nova_quic.loop import KeepWarm, Loop, Timer
 from nova_quic.packets import Protection, scratch
-from nova_quic.pki import OverlayStore, PeerRefused, verify_peer
+from nova_quic.pki import OverlayStore, PeerRefused, utcnow, verify_peer
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 LOG = logging.getLogger("nova-quic")
 ALPN = "nova-overlay/1"
@@ -82,6 +86,7 @@ PING_EVERY = 2.0
 IDLE_TIMEOUT = 10.0
 HANDSHAKE_TIMEOUT = 3.0
 BACKOFF = (0.5, 15.0)
+RECHECK_EVERY = 60.0  # seconds between re-judging connected peers' certificates
 QUEUE = 512  # datagrams waiting per peer before new ones are dropped
 BATCH = 64  # reads per readiness event, before flushing
 ACK_DELAY = 0.025  # as aioquic's max_ack_delay
@@ -243,6 +248,7 @@ class Endpoint:
         self.records: list[str] = []
         self.peer_records: dict[str, list[str]] = {}
         self.crl_mtime = 0.0
+        self.recheck_at = 0.0  # monotonic time of the next _recheck_peers
         self.stopping = False
         self.fast_path = bool(config.get("fast_path", True))
         self.gso = True  # until the kernel refuses UDP_SEGMENT
@@ -743,6 +749,7 @@ class Endpoint:
                 self._refuse(link, str(refusal))
             return
         self.refused.pop(where, None)
+        self._recheck_by(link.quic.tls._peer_certificate)
         if name == self.name:  # our own address, learned from a peer
             self.own_addrs.add(where)
             self.targets.pop(where, None)
@@ -939,6 +946,22 @@ class Endpoint:
         self.identity.crl = self.store.crl(self.network)
         path = self.store.folder(self.network) / "crl.pem"
         self.crl_mtime = path.stat().st_mtime if path.exists() else 0.0
+        self._recheck_peers()
+        if announce and path.exists():
+            pem = path.read_text()
+            for link in self.peers.values():
+                self._send(link, {"t": "crl", "pem": pem})
+
+    def _recheck_by(self, cert: x509.Certificate) -> None:
+        """Re-judge the peers no later than just after ``cert`` expires."""
+        left = (cert.not_valid_after_utc - utcnow()).total_seconds()
+        self.recheck_at = min(self.recheck_at, time.monotonic() + max(0.0, left) + 0.1)
+
+    def _recheck_peers(self) -> None:
+        """Judge every connected peer's certificate again (revoked, or expired since its
+        handshake) and drop those it no longer admits. The next time: in RECHECK_EVERY
+        seconds, or just after the first remaining certificate expires."""
+        self.recheck_at = time.monotonic() + RECHECK_EVERY
         for name, link in list(self.peers.items()):
             try:
                 verify_peer(link.quic.tls._peer_certificate, self.identity.ca, self.identity.crl)
@@ -949,10 +972,8 @@ class Endpoint:
                     "by": "us"}
                 link.quic.close(error_code=0x100, reason_phrase=f"refused: {refusal}")
                 self._dirty.add(link)
-        if announce and path.exists():
-            pem = path.read_text()
-            for link in self.peers.values():
-                self._send(link, {"t": "crl", "pem": pem})
+            else:
+                self._recheck_by(link.quic.tls._peer_certificate)
 
     def tick(self) -> None:
         """Every half second: dial, ping, exchange records and MACs, write status."""
@@ -971,6 +992,8 @@ class Endpoint:
         mtime = path.stat().st_mtime if path.exists() else 0.0
         if mtime != self.crl_mtime:
             self._reload_crl(announce=True)
+        elif now >= self.recheck_at:  # a certificate may have expired since its handshake
+            self._recheck_peers()
         self._sync_records()
         records = self._local_records()
         if records != self.records:

@@ -364,17 +364,21 @@ def verify_peer(cert: x509.Certificate | None, ca: x509.Certificate,
     """The peer's host name if ``cert`` is acceptable; :class:`PeerRefused` says why not.
 
     The TLS handshake has already proved the peer holds the certificate's key
-    (CertificateVerify); this checks that the network's CA issued it, that it is
-    within its validity and that the CA has not revoked it.
+    (CertificateVerify); this checks that the network's CA (itself within its validity)
+    issued it, that it is within its validity and that the CA has not revoked it.
     """
     if cert is None:
         raise PeerRefused("no client certificate")
+    now = utcnow()
+    if now > ca.not_valid_after_utc:
+        raise PeerRefused(f"this network's CA certificate expired on "
+                          f"{ca.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC; make a new CA "
+                          "(nova overlay ca init) and issue every host a new bundle")
     try:
         cert.verify_directly_issued_by(ca)
     except (ValueError, TypeError, InvalidSignature):
         raise PeerRefused(f"certificate of '{common_name(cert)}' is not from this network's CA "
                           f"(issuer: {cert.issuer.rfc4514_string()})") from None
-    now = utcnow()
     if now > cert.not_valid_after_utc:
         raise PeerRefused(f"certificate of '{common_name(cert)}' expired on "
                           f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC")

@@ -5,6 +5,7 @@ links, namespaces, nft ruleset and processes as it found them."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import signal
 import subprocess
@@ -139,6 +140,18 @@ def test_three_hosts_share_one_encrypted_network(tmp_path: Path, busybox: Path) 
             assert len(packets) > 6  # the marker's TCP exchange crossed here, encrypted
             assert marker.encode() not in capture.read_bytes()
 
+            # inspect counts what crossed: frames and bytes each way, and a round-trip time
+            deadline = time.monotonic() + 5  # the status is written every second
+            while True:
+                peer = {p["name"]: p for p in alpha.inspect("mesh")["host"]["peers"]}["beta"]
+                if min(peer["tx_packets"], peer["rx_packets"]) >= 6:
+                    break
+                assert time.monotonic() < deadline, peer
+                time.sleep(0.2)
+            assert peer["state"] == "connected" and peer["drops"] == 0
+            assert peer["tx_bytes"] > 3 * len(marker) and peer["rx_bytes"] > 0
+            assert 0 < peer["rtt_ms"] < 1000
+
             # one endpoint dies: its supervisor restarts it, the others are not touched
             before = {p["name"]: p["since"] for p in alpha.inspect("mesh")["host"]["peers"]}
             victim = int(gamma.inspect("mesh")["host"]["overlay_endpoint_pid"])
@@ -235,6 +248,40 @@ def test_foreign_revoked_and_missing_credentials_are_refused(tmp_path: Path,
             assert any("was revoked" in r for r in reasons), reasons
             again = alpha.nova("overlay", "issue", "mesh", "beta")
             assert again.returncode == 1 and "was revoked" in again.stderr
+            _down(sites)
+            _no_leftovers(sites)
+        finally:
+            _down(sites)
+
+
+def test_a_certificate_that_expires_while_connected_is_dropped(tmp_path: Path,
+                                                               busybox: Path) -> None:
+    """A peer whose certificate runs out during a connection is dropped then, not at its
+    next handshake (keepalives would keep that connection up for good), and its attempts
+    to come back are refused, with the reason in `nova net inspect`."""
+    from nova_quic.pki import OverlayStore, utcnow, write_bundle
+
+    with underlay("ovle", 2, "198.18.82") as hosts:
+        sites = [Site(host, tmp_path, busybox) for host in hosts]
+        alpha, beta = sites
+        try:
+            alpha.nova("overlay", "ca", "init", "mesh", "--host", "alpha",
+                       "--peer", f"{alpha.host.address}:4433", check=True)
+            ends = utcnow() + datetime.timedelta(seconds=20)
+            bundle = tmp_path / "beta.bundle"
+            write_bundle(bundle, OverlayStore(alpha.home).issue(
+                "mesh", "beta", peers=[f"{alpha.host.address}:4433"], not_after=ends))
+            beta.nova("overlay", "join", str(bundle), check=True)
+            alpha.novafile("ea", NETWORK.format(listen=alpha.host.address), ["c0"])
+            beta.novafile("eb", NETWORK.format(listen=beta.host.address), ["c1"])
+            for site in sites:
+                site.nova("up", check=True)
+            alpha.wait_connected("mesh", {"beta"})
+            assert utcnow() < ends  # connected while the certificate was valid
+            alpha.wait_connected("mesh", set(), timeout=40)
+            assert utcnow() >= ends
+            reasons = [r["reason"] for r in alpha.inspect("mesh")["host"]["refused"]]
+            assert any("certificate of 'beta' expired on" in r for r in reasons), reasons
             _down(sites)
             _no_leftovers(sites)
         finally:

@@ -45,6 +45,19 @@ def test_issue_verify_expire_revoke(tmp_path: Path) -> None:
     assert ca.revoke("mesh", "old") == 2
 
 
+def test_an_expired_ca_refuses_every_peer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nova_quic import pki
+
+    ca = OverlayStore(tmp_path / "a")
+    me = ca.init_ca("mesh", "alpha", days=30, host_days=365)
+    good = ca.issue("mesh", "beta")
+    assert verify_peer(_cert(good), me.ca, None) == "beta"
+    later = utcnow() + datetime.timedelta(days=31)  # the CA's end, the host's certificate still valid
+    monkeypatch.setattr(pki, "utcnow", lambda: later)
+    with pytest.raises(PeerRefused, match="this network's CA certificate expired on .*make a new CA"):
+        verify_peer(_cert(good), me.ca, None)
+
+
 def test_bundles_join_and_crl_exchange(tmp_path: Path) -> None:
     ca = OverlayStore(tmp_path / "a")
     ca.init_ca("mesh", "alpha", peers=["198.18.0.1:4433"])
