@@ -224,6 +224,44 @@ def test_publishing_port_53_leaves_the_networks_own_dns_alone(nova, project_dir:
     assert looked_up.returncode == 0, looked_up
 
 
+def test_nova_up_repairs_a_network_whose_creation_crashed(nova, nova_home: Path,
+                                                        project_dir: Path) -> None:
+    """`nova up` dies (os._exit, as a kill would) after making the bridge and before
+    loading its rules; the next `nova up` finishes the network and starts the capsule on
+    it, and `nova down` leaves nothing (the autouse check)."""
+    write_novafile(project_dir, f"""
+        project = "crashp"
+
+        [network.lan]
+        subnet = "10.252.27.0/24"
+
+        [container.app]
+        capsule = "local/busybox:latest"
+        network = "lan"
+        command = ["sh", "-c", "{LOOP}"]
+        stop_timeout = 2
+        """)
+    crashing = ("import os, sys\n"
+                "from nova_bridge import firewall\n"
+                "firewall.apply = lambda *args: os._exit(70)\n"
+                "from nova_core.cli.main import main\n"
+                "sys.exit(main(['up']))\n")
+    crashed = subprocess.run([sys.executable, "-c", crashing], cwd=project_dir, capture_output=True,
+                             text=True, env=dict(os.environ, NOVA_HOME=str(nova_home)), timeout=120)
+    assert crashed.returncode == 70, crashed.stdout + crashed.stderr
+    from nova_bridge import firewall
+
+    assert not firewall.table_exists(firewall.table_name(nova_home))  # it died before the rules
+    nova("up")
+    assert firewall.table_exists(firewall.table_name(nova_home))
+    listing = {i["name"]: i["state"] for i in json.loads(nova("ls", "--json").stdout)}
+    assert listing == {"app": "running"}
+    pinged = in_capsule(nova, "app", "ping -c1 -W2 10.252.27.1")
+    assert pinged.returncode == 0, pinged.stdout + pinged.stderr
+    again = nova("plan")
+    assert "nothing to do" in again.stdout.lower() or "unchanged" in again.stdout.lower(), again.stdout
+
+
 def test_nat_reaches_an_outside_address(nova, project_dir: Path) -> None:
     write_novafile(project_dir, f"""
         project = "natp"
@@ -252,6 +290,10 @@ def test_nat_reaches_an_outside_address(nova, project_dir: Path) -> None:
     try:  # the outside knows no route back to 10.252.22.0/24: only NAT gets a reply home
         reached = in_capsule(nova, "out", f"ping -c1 -W2 {outside.address}")
         assert reached.returncode == 0, reached.stdout + reached.stderr
+        # a route back to the isolated subnet: a reply could come home without NAT, so
+        # only the isolation rules keep "shut" in
+        subprocess.run(["ip", "-n", outside.name, "route", "add", "10.252.23.0/24", "via",
+                        outside.host_address], check=True)
         closed = in_capsule(nova, "shut", f"ping -c1 -W1 {outside.address}")
         assert closed.returncode != 0
     finally:

@@ -675,3 +675,88 @@ def test_killed_strays_have_freed_their_ports(tmp_path: Path) -> None:
         stray.kill()
         stray.wait()
     assert exited(stray.pid)
+
+
+def test_forwarding_is_turned_on_only_when_needed_and_recorded(tmp_path: Path) -> None:
+    """Run in a fresh network namespace (`unshare --net`) with forwarding turned off
+    there first: isolated networks leave it off and record nothing; a network that is
+    not isolated turns IPv4 forwarding on and records the 0 it found; an IPv6 subnet does
+    the same for IPv6; the recorded value is the first one found, never overwritten."""
+    code = """
+import json, sys
+from pathlib import Path
+from nova_bridge.firewall import Forwarding
+from nova_bridge.records import NetworkRecord
+
+def state():
+    return [Path("/proc/sys", key).read_text().strip() for key in Forwarding.KEYS.values()]
+
+for key in Forwarding.KEYS.values():  # a new namespace may inherit the host's values
+    Path("/proc/sys", key).write_text("0\\n")
+root = Path(sys.argv[1])
+shut = NetworkRecord("p", "shut", "bridge", "nvb1", subnet="10.9.1.0/24", isolated=True)
+lan = NetworkRecord("p", "lan", "bridge", "nvb2", subnet="10.9.2.0/24")
+dual = NetworkRecord("p", "dual", "bridge", "nvb3", subnet="10.9.3.0/24", subnet6="fd00:9::/64")
+seen = [state(), Forwarding(root).sync([shut]), state()]
+seen += [Forwarding(root).sync([shut, lan]), state()]
+seen += [Forwarding(root).sync([lan, dual]), state()]
+print(json.dumps(seen))
+"""
+    done = subprocess.run(["unshare", "--net", sys.executable, "-c", code, str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    before, first, after_shut, second, after_lan, third, after_dual = json.loads(done.stdout)
+    assert before == ["0", "0"]
+    assert first == {} and after_shut == ["0", "0"]
+    assert second == {"net/ipv4/ip_forward": "0"} and after_lan == ["1", "0"]
+    assert third == {"net/ipv4/ip_forward": "0", "net/ipv6/conf/all/forwarding": "0"}
+    assert after_dual == ["1", "1"]
+    assert json.loads((tmp_path / "sysctl.json").read_text()) == third
+
+
+def test_a_refused_transaction_changes_nothing_and_other_tables_are_left_alone(
+        driver: BridgeDriver, nova_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nova loads its rules in one transaction: when nftables refuses one rule of it (here
+    a NAT rule matching a meta key nft does not know), the tables keep every rule they
+    had; and another program's tables, in the same families, outlive every change and
+    the removal of Nova's."""
+    foreign = "nvtest_foreign"
+    subprocess.run(["nft", "-f", "-"], text=True, check=True, input=(
+        f"table inet {foreign} {{\n chain c {{\n  type filter hook forward priority 10; "
+        "policy accept;\n  counter comment \"theirs\"\n }\n}\n"
+        f"table bridge {foreign} {{\n chain c {{\n  counter\n }}\n}}\n"))
+    table = firewall.table_name(nova_home)
+    lan, wan = network("lan", subnet="10.251.30.0/24"), network("wan", subnet="10.251.31.0/24")
+
+    def rules() -> list[object]:
+        listed = json.loads(subprocess.run(["nft", "-j", "list", "table", "inet", table],
+                                           capture_output=True, text=True, check=True).stdout)
+        return [{k: v for k, v in item["rule"].items() if k != "handle"}
+                for item in listed["nftables"] if "rule" in item]
+
+    def theirs() -> list[str]:
+        return [subprocess.run(["nft", "list", "table", family, foreign], capture_output=True,
+                               text=True).stdout for family in ("inet", "bridge")]
+
+    try:
+        driver.create(lan)
+        loaded = rules()
+        assert any("outbound NAT" in str(rule) for rule in loaded)
+        real = firewall.nat_rules
+        monkeypatch.setattr(firewall, "nat_rules", lambda record: real(record) + [(
+            [{"match": {"op": "==", "left": {"meta": {"key": "no-such-key"}}, "right": 1}},
+             {"accept": None}], "broken")])
+        with pytest.raises(NovaError, match="nftables refused Nova's rules"):
+            driver.create(wan)
+        assert rules() == loaded  # all or nothing
+        monkeypatch.undo()
+        driver.delete(wan)
+        driver.delete(lan)
+        assert not firewall.table_exists(table)
+        inet, bridge = theirs()
+        assert 'comment "theirs"' in inet and "chain c" in bridge
+    finally:
+        driver.delete(wan)
+        driver.delete(lan)
+        for family in ("inet", "bridge"):
+            subprocess.run(["nft", "delete", "table", family, foreign], capture_output=True)
