@@ -4,14 +4,17 @@
 1. Command to exit of /bin/true in a throwaway container, median of --runs rounds; each
    round runs each of these once, in turn, after a pause of a quarter second (as between
    commands a person types; see "Method" below):
-   * raw `crun run` of a bundle holding the same busybox rootfs (the floor),
+   * raw `crun run` of the same bundle Nova runs (its config.json and overlay root
+     filesystem, prepared and cleaned up by Nova outside the clock; the issue's baseline),
+   * raw `crun run` of `crun spec`'s default bundle on the plain busybox rootfs (no user
+     namespace, seccomp or overlay: a lower floor, for reference),
    * `nova run --rm container t` (NovaFile with capsule = the image), as users run it
      (with the warm helper, docs/architecture.md),
    * `podman run --rm --network none IMAGE /bin/true` (Debian's podman 4.3) with the same
      crun Nova uses: on a hybrid-cgroup host podman's own crun refuses to run, so podman
      is handed Nova's crun wrapper (--runtime); a capsule also has a private, loopback-only
      network, hence --network none.
-   Then, for reference: raw crun back to back (no pause) and Nova with NOVA_WARM=0 (a cold
+   Then, for reference: the `crun spec` bundle back to back (no pause) and Nova with NOVA_WARM=0 (a cold
    Python).
 2. Twenty long-running capsules: `nova up` against `podman-compose up -d` of the
    equivalent compose file (each then taken down, untimed).
@@ -54,6 +57,7 @@ from nova_capsule.runtime import find_runtime
 from nova_capsule.testing import LocalRegistry, busybox_layer, image_config, push_image
 from timing import (
     Command,
+    Timed,
     helper_rss_kib,
     interleaved_seconds,
     median_ratio,
@@ -99,6 +103,51 @@ def crun_floor(tmp: Path, layer: bytes) -> Command:
     return Command(runtime.argv("run", "-b", str(bundle), "nova-bench-floor"))
 
 
+class NovasBundle:
+    """Raw `crun run` of the very bundle Nova makes for a throwaway capsule (the issue's
+    "same bundle"): its config.json (user namespace, capabilities, seccomp, masked paths,
+    cgroup) and its overlay root filesystem with idmapped layers. Only the runtime's run
+    is timed: before it, untimed, Nova mounts the root filesystem and writes the config
+    as `nova run --rm` does, then a quarter second of idle; after it, untimed, Nova
+    unmounts and removes the cgroup. crun is started as Nova starts it on this host
+    (Runtime.popen: no wrapper programs)."""
+
+    def __init__(self, home: Path, image: str, folder: Path) -> None:
+        from nova_capsule.driver import CapsuleDriver
+
+        from nova_core.drivers.base import DriverContext
+        from nova_core.drivers.models import ContainerSpec, ResourceKind, ResourceRef
+
+        self.driver = CapsuleDriver("capsule", DriverContext(nova_home=home))
+        self.spec = ContainerSpec(ref=ResourceRef(project="benchraw", kind=ResourceKind.CONTAINER,
+                                                  name="t"),
+                                  driver="capsule", base_dir=folder, image=image,
+                                  command=["/bin/true"])
+        self.driver.create(self.spec)
+
+    def run(self) -> float:
+        """One timed `crun run` of the bundle; its wall time in seconds."""
+        prepared = self.driver._prepare_run(self.spec, throwaway=True)  # noqa: SLF001
+        assert prepared is not None
+        files, meta, runtime, _ = prepared
+        try:
+            # the preparation's cgroup priming (cgroups.prime_migration) would spare crun
+            # the RCU grace period (see "Method"); idle it away, as before every timed run
+            time.sleep(PAUSE)
+            start = time.perf_counter()
+            process = runtime.popen("run", "--bundle", str(files.root), meta.id,
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+            if process.wait() != 0:
+                raise RuntimeError(f"crun run of Nova's bundle exited {process.returncode}")
+            return time.perf_counter() - start
+        finally:
+            self.driver._teardown(runtime, meta, files)  # noqa: SLF001
+
+    def close(self) -> None:
+        self.driver.delete(self.spec)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
@@ -132,7 +181,9 @@ def main() -> int:
                            check=True, capture_output=True)
             run_rm = [*nova, "run", "--rm", "container", "t"]
             runtime = find_runtime("crun", home).executable
-            compared = {"raw crun run": floor}
+            same = NovasBundle(home, image, project)
+            compared: dict[str, Timed] = {"raw crun run": same,
+                                                          "raw crun run, crun spec bundle": floor}
             if podman:
                 subprocess.run([podman, "pull", "--tls-verify=false", image], check=True,
                                capture_output=True)
@@ -145,7 +196,8 @@ def main() -> int:
                 helper_kib = helper_rss_kib(nova, warm_env)
                 many_up, many_rss = nova_many(nova, warm_env, project, image, args.many)
             results.update((name, statistics.median(times)) for name, times in samples.items())
-            results["raw crun run, back to back"] = median_seconds(floor.argv, args.runs)
+            results["raw crun run, crun spec bundle, back to back"] = median_seconds(floor.argv,
+                                                                                     args.runs)
             results["nova run --rm, NOVA_WARM=0"] = statistics.median(interleaved_seconds(
                 {"cold": Command(run_rm, dict(env, NOVA_WARM="0"), project)},
                 max(5, args.runs // 2), PAUSE)["cold"])
@@ -154,6 +206,8 @@ def main() -> int:
                 results[f"podman-compose up ({args.many})"] = compose_many(
                     compose, tmp, image, args.many, runtime)
         finally:
+            if "same" in locals():
+                same.close()
             registry.stop()
             for parent in [*Path("/sys/fs/cgroup").glob("*/nova-bench"),  # the floor's, emptied
                            *Path("/sys/fs/cgroup").glob("nova-bench")]:   # by crun (v1, v2)

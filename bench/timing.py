@@ -8,10 +8,11 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 
 def median_seconds(argv: list[str], runs: int, env: dict[str, str] | None = None,
@@ -35,7 +36,13 @@ class Command:
         return time.perf_counter() - start
 
 
-def interleaved_seconds(commands: dict[str, Command], runs: int, pause: float = 0.0,
+class Timed(Protocol):
+    """Anything that runs once and says how long it took (a :class:`Command`, say)."""
+
+    def run(self) -> float: ...
+
+
+def interleaved_seconds(commands: Mapping[str, Timed], runs: int, pause: float = 0.0,
                         ) -> dict[str, list[float]]:
     """Wall times of each command over ``runs`` rounds, one run of each per round in turn
     (after one untimed warm-up run each), so that the machine's drift over the minutes a

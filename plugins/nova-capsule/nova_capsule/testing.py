@@ -189,19 +189,31 @@ def push_blob(registry: str, repository: str, data: bytes) -> str:
 
 
 def push_image(registry: str, repository: str, tag: str, layers: list[bytes], config: bytes,
-               platform_index: bool = False) -> str:
-    """Push an image (optionally behind an index with two platforms); return the tag's digest."""
+               platform_index: bool = False, docker: bool = False) -> str:
+    """Push an image (optionally behind an index with two platforms); return the tag's digest.
+
+    ``docker``: Docker's schema-2 media types (manifest, manifest list, config, gzip
+    layers), as images made by docker are pushed, instead of the OCI ones."""
+    if docker:
+        kinds = {"manifest": "application/vnd.docker.distribution.manifest.v2+json",
+                 "index": "application/vnd.docker.distribution.manifest.list.v2+json",
+                 "config": "application/vnd.docker.container.image.v1+json",
+                 "gzip": "application/vnd.docker.image.rootfs.diff.tar.gzip"}
+    else:
+        kinds = {"manifest": "application/vnd.oci.image.manifest.v1+json",
+                 "index": "application/vnd.oci.image.index.v1+json",
+                 "config": "application/vnd.oci.image.config.v1+json",
+                 "gzip": "application/vnd.oci.image.layer.v1.tar+gzip"}
     config_digest = push_blob(registry, repository, config)
-    layer_entries = [{"mediaType": "application/vnd.oci.image.layer.v1.tar+" +
-                      ("zstd" if layer.startswith(ZSTD_MAGIC) else "gzip"),
+    layer_entries = [{"mediaType": "application/vnd.oci.image.layer.v1.tar+zstd"
+                      if layer.startswith(ZSTD_MAGIC) else kinds["gzip"],
                       "digest": push_blob(registry, repository, layer), "size": len(layer)}
                      for layer in layers]
+    manifest_type = kinds["manifest"]
     manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": config_digest, "size": len(config)},
+        "schemaVersion": 2, "mediaType": manifest_type,
+        "config": {"mediaType": kinds["config"], "digest": config_digest, "size": len(config)},
         "layers": layer_entries}).encode()
-    manifest_type = "application/vnd.oci.image.manifest.v1+json"
     manifest_digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
     target_tag = manifest_digest if platform_index else tag
     with _request("PUT", f"http://{registry}/v2/{repository}/manifests/{target_tag}", manifest,
@@ -212,7 +224,7 @@ def push_image(registry: str, repository: str, tag: str, layers: list[bytes], co
     other_config = config.replace(b'"amd64"', b'"arm64"')
     other = json.dumps({
         "schemaVersion": 2, "mediaType": manifest_type,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+        "config": {"mediaType": kinds["config"],
                    "digest": push_blob(registry, repository, other_config),
                    "size": len(other_config)},
         "layers": layer_entries}).encode()
@@ -221,7 +233,7 @@ def push_image(registry: str, repository: str, tag: str, layers: list[bytes], co
                   {"Content-Type": manifest_type}):
         pass
     index = json.dumps({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+        "schemaVersion": 2, "mediaType": kinds["index"],
         "manifests": [
             {"mediaType": manifest_type, "digest": other_digest, "size": len(other),
              "platform": {"os": "linux", "architecture": "arm64"}},
@@ -229,6 +241,6 @@ def push_image(registry: str, repository: str, tag: str, layers: list[bytes], co
              "platform": {"os": "linux", "architecture": "amd64"}},
         ]}).encode()
     with _request("PUT", f"http://{registry}/v2/{repository}/manifests/{tag}", index,
-                  {"Content-Type": "application/vnd.oci.image.index.v1+json"}):
+                  {"Content-Type": kinds["index"]}):
         pass
     return "sha256:" + hashlib.sha256(index).hexdigest()

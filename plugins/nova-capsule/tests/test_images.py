@@ -62,6 +62,25 @@ def test_index_picks_linux_amd64(tmp_path: Path, registry) -> None:
     assert config["architecture"] == "amd64"
 
 
+def test_docker_schema2_manifests_and_manifest_lists(tmp_path: Path, registry) -> None:
+    """Images pushed with Docker's media types (as docker pushes them): a schema-2
+    manifest, and a manifest list from which linux/amd64 is picked."""
+    from nova_capsule.testing import push_image
+
+    layer = busybox_layer({"etc/made-by": b"docker"})
+    config = image_config(["/bin/sh"], layers=[layer])
+    push_image(registry.address, "test/dockerish", "1", [layer], config, docker=True)
+    push_image(registry.address, "test/dockerish", "list", [layer], config, platform_index=True,
+               docker=True)
+    store = ImageStore(tmp_path / "images")
+    for tag in ("1", "list"):
+        ref = parse_reference(f"{registry.address}/test/dockerish:{tag}")
+        record = store.pull(ref, RegistryClient(ref))
+        assert (store.layer_path(record.layers[0]) / "etc/made-by").read_bytes() == b"docker"
+        config_seen = json.loads(store.blob_path(record.config_digest).read_text())
+        assert config_seen["architecture"] == "amd64" and store.config(record).cmd == ["/bin/sh"]
+
+
 def test_layers_are_shared_and_removed_only_when_unused(tmp_path: Path, registry) -> None:
     store = ImageStore(tmp_path / "images")
     one = store.pull(parse_reference(f"{registry.address}/test/busybox:1"),
@@ -420,3 +439,30 @@ def test_zstd_layers_are_pulled_and_extracted(tmp_path: Path, registry) -> None:
     with pytest.raises(LayerError, match="zstd could not decompress"):
         extract_layer(broken, tmp_path / "out")
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.tar").exists()
+
+
+def test_plain_http_only_for_loopback_and_listed_registries(tmp_path: Path) -> None:
+    """Registries on loopback addresses, and those listed in insecure_registries, are
+    spoken to over HTTP (as docker and podman do); every other one over HTTPS."""
+    from nova_capsule.config import load_settings
+    from nova_capsule.reference import parse_reference
+    from nova_capsule.registry import RegistryClient
+
+    (tmp_path / "config.toml").write_text(
+        '[images]\ndefault_registry = "registry.example:5000"\n'
+        'insecure_registries = ["198.18.90.1:5000"]\n')
+    settings = load_settings(tmp_path)
+    assert settings.insecure_registries == ("198.18.90.1:5000",)
+
+    def scheme(reference: str) -> str:
+        ref = parse_reference(reference, settings.default_registry)
+        return RegistryClient(ref, None, settings.insecure_registries).base.split(":", 1)[0]
+
+    assert scheme("198.18.90.1:5000/app:1") == "http"
+    assert scheme("198.18.90.1:5001/app:1") == "https"  # another port is another registry
+    assert scheme("app:1") == "https"  # the default registry, not listed
+    for loopback in ("127.0.0.1:5000", "127.0.0.2:5000", "localhost:5000", "[::1]:5000"):
+        assert scheme(f"{loopback}/app:1") == "http", loopback
+    (tmp_path / "config.toml").write_text('[images]\ninsecure_registries = "198.18.90.1:5000"\n')
+    with pytest.raises(NovaError, match="insecure_registries a list"):
+        load_settings(tmp_path)
