@@ -222,6 +222,18 @@ def test_publishing_port_53_leaves_the_networks_own_dns_alone(nova, project_dir:
     assert "nothing to do" in (again.stdout + again.stderr).lower() or "unchanged" in again.stdout
     looked_up = in_capsule(nova, "client", "nslookup client")
     assert looked_up.returncode == 0, looked_up
+    # and the published UDP port itself works: datagrams to the host's port 53 reach the
+    # capsule, whose kernel counts them (nothing listens there, so as "NoPorts")
+    def no_ports() -> int:
+        lines = [line.split() for line in in_capsule(nova, "resolver", "cat /proc/net/snmp")
+                 .stdout.splitlines() if line.startswith("Udp:")]
+        return int(dict(zip(lines[0], lines[1], strict=True))["NoPorts"])
+
+    before = no_ports()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        for _ in range(3):
+            sender.sendto(b"hello-over-udp", ("127.0.0.1", 53))
+    assert no_ports() - before == 3
 
 
 def test_nova_up_repairs_a_network_whose_creation_crashed(nova, nova_home: Path,

@@ -62,6 +62,14 @@ def _wait_listening(site: Site, capsule: str, port: int, timeout: float = 30) ->
         time.sleep(0.1)
 
 
+def _fragments(site: Site) -> tuple[int, int]:
+    """IPv4 fragments made and reassemblies asked for in the host's underlay namespace."""
+    lines = [line.split() for line in site.host.run("cat", "/proc/net/snmp").stdout.splitlines()
+             if line.startswith("Ip:")]
+    fields = dict(zip(lines[0], lines[1], strict=True))
+    return int(fields["FragCreates"]), int(fields["ReasmReqds"])
+
+
 def _down(sites: list[Site]) -> None:
     for site in sites:
         site.nova("down")
@@ -104,6 +112,13 @@ def test_three_hosts_share_one_encrypted_network(tmp_path: Path, busybox: Path) 
                 assert done.returncode == 0, done.stdout + done.stderr
             done = gamma.exec("c2", "ping -c1 -W3 c1")
             assert done.returncode == 0, done.stdout + done.stderr
+
+            # a frame as large as the inner MTU (1380) crosses whole: its encrypted
+            # datagram fits the underlay's 1500, so no host fragments anything
+            before = [_fragments(site) for site in sites]
+            done = alpha.exec("c0", "ping -c2 -W3 -s 1352 c1")  # 1352 + 28 = 1380
+            assert done.returncode == 0 and "1360 bytes from" in done.stdout, done.stdout
+            assert [_fragments(site) for site in sites] == before
 
             # the underlay carries no plaintext
             marker = "NOVA-PLAINTEXT-" + os.urandom(8).hex()
