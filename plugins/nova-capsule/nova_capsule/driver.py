@@ -711,11 +711,12 @@ def _parse_log_line(line: str) -> LogLine:
 def _lookup(files: CapsuleFiles, table: str, name: str, key: str, whose: str) -> tuple[int, int]:
     """(third, fourth) numeric field of ``name``'s line in the image's /etc/passwd or
     /etc/group (uid and gid, or gid and nothing): a clear error when missing or bad."""
+    passwd = table == "etc/passwd"
     for line in _read_in_root(files.rootfs, table, key).splitlines():
         fields = line.split(":")
-        if len(fields) > 2 and fields[0] == name:
-            numbers = fields[2:4] if table == "etc/passwd" else fields[2:3] * 2
-            if not all(number.isdigit() for number in numbers):
+        if fields[0] == name:
+            numbers = fields[2:4] if passwd else fields[2:3] * 2
+            if len(numbers) != 2 or not all(number.isdigit() for number in numbers):
                 raise NovaError(f"{key}: the image's /{table} has a bad line for {name!r}",
                                 hint="give uid and gid instead of user")
             return int(numbers[0]), int(numbers[1])

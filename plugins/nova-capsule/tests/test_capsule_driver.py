@@ -121,7 +121,7 @@ def test_a_layered_image_runs_with_its_whiteouts_and_its_user(driver: CapsuleDri
                                                                tmp_path: Path) -> None:
     """Pulled and run: the upper layer's whiteout hides /etc/secret, its opaque /root hides
     the lower layer's files there, its /etc/motd wins; the config's "nobody:nogroup" is the
-    process's user unless the NovaFile gives one."""
+    process's user unless the NovaFile gives one (and then ``args`` follow ``command``)."""
     spec = container(tmp_path, image="test/layered:1")
     driver.create(spec)
     try:
@@ -134,12 +134,14 @@ def test_a_layered_image_runs_with_its_whiteouts_and_its_user(driver: CapsuleDri
         assert lines[2].split()[1:3] == ["65534", "65534"] and lines[3].split()[1] == "65534"
     finally:
         driver.delete(spec)
-    spec = container(tmp_path, name="c2", image="test/layered:1", user="root")
+    spec = container(tmp_path, name="c2", image="test/layered:1", user="root",
+                     command=["sh", "-c", 'echo "$0 $1" > /tmp/args; ' + LOOP],
+                     args=["zero", "one"])  # args follow the command
     driver.create(spec)
     try:
         driver.start(spec)
-        seen = exec_out(driver, spec, "grep -E '^Uid:' /proc/1/status")
-        assert seen.stdout.split()[1] == "0", seen
+        seen = exec_out(driver, spec, "grep -E '^Uid:' /proc/1/status; cat /tmp/args")
+        assert seen.stdout.split()[1] == "0" and seen.stdout.endswith("zero one\n"), seen
     finally:
         driver.delete(spec)
 
