@@ -567,6 +567,11 @@ class CapsuleDriver(ComputeDriver):
             self._unpin(spec, files)
             files.remove()
             self._uids().release(capsule)
+            # conmon's link to the bundle, for a short attach-socket path: it leaves it
+            try:
+                (run_root(self.context.nova_home) / "sock" / capsule).unlink(missing_ok=True)
+            except IsADirectoryError:  # not a conmon that links
+                pass
 
     def status(self, spec: InstanceSpec) -> ResourceStatus:
         """running / paused / stopped (with the exit code) / created / missing."""

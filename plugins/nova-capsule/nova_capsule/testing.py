@@ -50,10 +50,15 @@ def capsule_leftovers(nova_home: Path) -> list[str]:
         found += [f"{program} pid {pid}" for pid, program in
                   find_processes(("conmon", "crun", "runc", "crun-hybrid", "unshare"), marker)]
     capsules = nova_home / "drivers" / "capsule" / "capsules"
+    known = set()
     if capsules.is_dir():
         for project in capsules.iterdir():
             for name in project.iterdir():
+                known.add(capsule_id(project.name, name.name))
                 found += [str(p) for p in cgroup_dirs(capsule_id(project.name, name.name))]
+    sockets = run_root(nova_home) / "sock"  # conmon's, per capsule: gone with the capsule
+    if sockets.is_dir():
+        found += [str(p) for p in sockets.iterdir() if p.name not in known]
     return found
 
 
