@@ -14,8 +14,8 @@
      crun Nova uses: on a hybrid-cgroup host podman's own crun refuses to run, so podman
      is handed Nova's crun wrapper (--runtime); a capsule also has a private, loopback-only
      network, hence --network none.
-   Then, for reference: the `crun spec` bundle back to back (no pause) and Nova with NOVA_WARM=0 (a cold
-   Python).
+   Then, for reference: the `crun spec` bundle back to back (no pause) and Nova with
+   NOVA_WARM=0 (a cold Python).
 2. Twenty long-running capsules: `nova up` against `podman-compose up -d` of the
    equivalent compose file (each then taken down, untimed).
 3. Host memory a running capsule costs beyond its workload: RSS of the monitor
@@ -183,7 +183,7 @@ def main() -> int:
             runtime = find_runtime("crun", home).executable
             same = NovasBundle(home, image, project)
             compared: dict[str, Timed] = {"raw crun run": same,
-                                                          "raw crun run, crun spec bundle": floor}
+                                          "raw crun run, crun spec bundle": floor}
             if podman:
                 subprocess.run([podman, "pull", "--tls-verify=false", image], check=True,
                                capture_output=True)
