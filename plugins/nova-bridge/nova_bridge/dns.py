@@ -128,11 +128,17 @@ class DnsService:
             raise NovaError(f"network {record.name} needs dnsmasq for DNS/DHCP, which is not "
                             "installed", hint="apt-get install dnsmasq-base")
         self.sync_files(record)
-        test = subprocess.run([binary, "--test", f"--conf-file={self.conf}"],
-                              capture_output=True, text=True)
+        for _ in range(3):  # a run ended by a signal (not its verdict) is run again
+            test = subprocess.run([binary, "--test", f"--conf-file={self.conf}"],
+                                  capture_output=True, text=True)
+            if test.returncode >= 0:
+                break
         if test.returncode != 0:
+            said = test.stderr.strip() or (f"dnsmasq --test ended by signal {-test.returncode}"
+                                           if test.returncode < 0 else
+                                           f"dnsmasq --test exited {test.returncode}")
             raise NovaError(f"dnsmasq refuses the configuration of network {record.name}: "
-                            f"{test.stderr.strip()}")
+                            f"{said}")
         self.daemon.argv[0] = binary
         process = self.daemon.start()
         deadline = time.monotonic() + timeout

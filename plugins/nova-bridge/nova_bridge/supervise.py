@@ -60,6 +60,14 @@ def find_processes(marker: str, program: str | None = None) -> list[int]:
     return [pid for pid, _ in processes.find_processes((program or "*",), marker)]
 
 
+def daemons(marker: str, program: str) -> list[int]:
+    """PIDs of running ``program`` daemons whose command line holds ``marker``, leaving out
+    a ``--test`` run of the same configuration: a SIGHUP meant for the daemon ends it."""
+    return [pid for pid, argv in processes.command_lines()
+            if os.path.basename(argv[0]) == program and marker in "\0".join(argv)
+            and "--test" not in argv]
+
+
 class Supervised:
     """One supervised daemon: ``argv`` run by the loop, its PID file and log."""
 

@@ -760,3 +760,28 @@ def test_a_refused_transaction_changes_nothing_and_other_tables_are_left_alone(
         driver.delete(lan)
         for family in ("inet", "bridge"):
             subprocess.run(["nft", "delete", "table", family, foreign], capture_output=True)
+
+
+def test_a_dnsmasq_config_test_is_not_taken_for_the_daemon(tmp_path: Path) -> None:
+    """The quic endpoint SIGHUPs its network's dnsmasq to make it drop removed names. While
+    `nova up` checks a configuration (`dnsmasq --test --conf-file=SAME`), that run must not
+    be among the daemons, or the signal ends it and `nova up` fails ("dnsmasq refuses the
+    configuration", with nothing said: seen in CI). Two stand-in processes named dnsmasq
+    (Python with argv[0] set, sleeping), one with --test, are found on the real /proc."""
+    from nova_bridge.supervise import daemons, find_processes
+
+    marker = f"--conf-file={tmp_path / 'dnsmasq.conf'}"
+    code = "import time; time.sleep(60)"
+    daemon = subprocess.Popen(["dnsmasq", "-c", code, "--keep-in-foreground", marker],
+                              executable=sys.executable)
+    tester = subprocess.Popen(["dnsmasq", "-c", code, "--test", marker], executable=sys.executable)
+    try:
+        deadline = time.monotonic() + 10  # until both have exec'd (their cmdline is theirs)
+        while sorted(find_processes(marker, "dnsmasq")) != sorted([daemon.pid, tester.pid]):
+            assert time.monotonic() < deadline, find_processes(marker, "dnsmasq")
+            time.sleep(0.01)
+        assert daemons(marker, "dnsmasq") == [daemon.pid]
+    finally:
+        for process in (daemon, tester):
+            process.kill()
+            process.wait()

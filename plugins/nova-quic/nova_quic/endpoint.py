@@ -63,7 +63,7 @@ from aioquic.quic.events import (
 from aioquic.quic.packet import PACKET_TYPE_INITIAL, pull_quic_header
 from aioquic.quic.recovery import MAX_ACK_RANGES
 from aioquic.tls import Epoch
-from nova_bridge.supervise import find_processes
+from nova_bridge.supervise import daemons
 
 from nova_core.errors import NovaError
 from nova_core.files import replace_file
@@ -935,7 +935,7 @@ class Endpoint:
         """dnsmasq adds names from hostsdir by itself but forgets removed ones only on SIGHUP."""
         if not self.dnsmasq_conf:
             return
-        for pid in find_processes(f"--conf-file={self.dnsmasq_conf}", "dnsmasq"):
+        for pid in daemons(f"--conf-file={self.dnsmasq_conf}", "dnsmasq"):
             try:
                 os.kill(pid, signal.SIGHUP)
             except ProcessLookupError:
