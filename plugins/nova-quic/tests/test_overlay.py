@@ -205,9 +205,9 @@ def _nova_argv() -> list[str]:
 
 def test_foreign_revoked_and_missing_credentials_are_refused(tmp_path: Path,
                                                              busybox: Path) -> None:
-    with underlay("ovlr", 3, "198.18.81") as hosts:
+    with underlay("ovlr", 4, "198.18.81") as hosts:
         sites = [Site(host, tmp_path, busybox) for host in hosts]
-        alpha, beta, rogue = sites
+        alpha, beta, rogue, gamma = sites
         try:
             alpha.novafile("ra", NETWORK.format(listen=alpha.host.address), ["c0"])
             refused = alpha.nova("up")
@@ -222,14 +222,19 @@ def test_foreign_revoked_and_missing_credentials_are_refused(tmp_path: Path,
             bundle = tmp_path / "beta.bundle"
             alpha.nova("overlay", "issue", "mesh", "beta", "-o", str(bundle), check=True)
             beta.nova("overlay", "join", str(bundle), check=True)
+            bundle = tmp_path / "gamma.bundle"
+            alpha.nova("overlay", "issue", "mesh", "gamma", "-o", str(bundle), check=True)
+            gamma.nova("overlay", "join", str(bundle), check=True)
             # same network name, its own CA: not a member
             rogue.nova("overlay", "ca", "init", "mesh", "--host", "rogue", check=True)
             beta.novafile("rb", NETWORK.format(listen=beta.host.address), ["c1"])
+            gamma.novafile("rg", NETWORK.format(listen=gamma.host.address), ["c3"])
             rogue.novafile("rr", NETWORK.format(listen=rogue.host.address)
                            + f'peers = ["{alpha.host.address}:4433"]\n', ["c2"])
             for site in sites:
                 site.nova("up", check=True)
-            alpha.wait_connected("mesh", {"beta"})
+            alpha.wait_connected("mesh", {"beta", "gamma"})
+            gamma.wait_connected("mesh", {"alpha", "beta"})  # beta learned from alpha
             deadline = time.monotonic() + 15
             while True:
                 host = alpha.inspect("mesh")["host"]
@@ -253,14 +258,17 @@ def test_foreign_revoked_and_missing_credentials_are_refused(tmp_path: Path,
             blocked = rogue.exec("c2", "ping -c1 -W1 10.254.10.32")  # beta's c1
             assert blocked.returncode != 0
 
-            # revocation: the CA's host drops beta at once, beta cannot come back
+            # revocation: the CA's host drops beta at once, and the revocation list it
+            # passes on makes gamma drop beta too; beta cannot come back to either
             revoked = alpha.nova("overlay", "revoke", "mesh", "beta", check=True)
             assert "revoked 'beta'" in revoked.stdout
-            alpha.wait_connected("mesh", set(), timeout=10)
+            alpha.wait_connected("mesh", {"gamma"}, timeout=10)
+            gamma.wait_connected("mesh", {"alpha"}, timeout=10)
             time.sleep(3)  # beta keeps dialing: every attempt is refused
-            assert alpha.connected("mesh") == set()
-            reasons = [r["reason"] for r in alpha.inspect("mesh")["host"]["refused"]]
-            assert any("was revoked" in r for r in reasons), reasons
+            assert alpha.connected("mesh") == {"gamma"} and gamma.connected("mesh") == {"alpha"}
+            for site in (alpha, gamma):
+                reasons = [r["reason"] for r in site.inspect("mesh")["host"]["refused"]]
+                assert any("was revoked" in r for r in reasons), (site.host.name, reasons)
             again = alpha.nova("overlay", "issue", "mesh", "beta")
             assert again.returncode == 1 and "was revoked" in again.stderr
             _down(sites)
