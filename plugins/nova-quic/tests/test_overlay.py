@@ -191,6 +191,18 @@ def test_three_hosts_share_one_encrypted_network(tmp_path: Path, busybox: Path) 
             assert done.returncode == 0, done.stdout + done.stderr
             gone = alpha.exec("c0", "nslookup c2 10.254.10.1")
             assert "10.254.10.48" not in gone.stdout
+
+            # an instance that goes (beta's NovaFile without c1): its name leaves the other
+            # hosts' DNS too, with both hosts still connected
+            assert "10.254.10.32" in alpha.exec("c0", "nslookup c1 10.254.10.1").stdout
+            beta.novafile("site1", NETWORK.format(listen=beta.host.address), [])
+            beta.nova("up", check=True)
+            deadline = time.monotonic() + 15
+            while "10.254.10.32" in alpha.exec("c0", "nslookup c1 10.254.10.1").stdout:
+                assert time.monotonic() < deadline, "c1's name outlived c1"
+                time.sleep(0.5)
+            assert "10.254.10.16" in alpha.exec("c0", "nslookup c0 10.254.10.1").stdout  # DNS works
+            assert alpha.connected("mesh") == {"beta"}
             _down([alpha, beta])
             _no_leftovers(sites)
         finally:
