@@ -21,14 +21,16 @@ def command_lines() -> Iterator[tuple[int, list[str]]]:
                 yield int(entry), raw.decode(errors="replace").rstrip("\0").split("\0")
 
 
-def find_processes(programs: tuple[str, ...], marker: str) -> list[tuple[int, str]]:
+def find_processes(programs: tuple[str, ...], marker: str,
+                   without: tuple[str, ...] = ()) -> list[tuple[int, str]]:
     """(pid, program) of processes running one of ``programs`` (by basename, or a
     basename prefix ending in ``*``; ``"*"`` is any program) whose command line contains
-    ``marker``."""
+    ``marker`` and none of the arguments ``without``."""
     found = []
     for pid, argv in command_lines():
         program = os.path.basename(argv[0])
         if any(program == p or (p.endswith("*") and program.startswith(p[:-1]))
-               for p in programs) and marker in "\0".join(argv):
+               for p in programs) and marker in "\0".join(argv) \
+                and not any(arg in argv for arg in without):
             found.append((pid, program))
     return found

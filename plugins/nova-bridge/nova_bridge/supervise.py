@@ -55,17 +55,11 @@ def wait_exited(pids: list[int], timeout: float) -> bool:
     return True
 
 
-def find_processes(marker: str, program: str | None = None) -> list[int]:
-    """PIDs whose command line holds ``marker`` (and whose argv[0] is ``program``)."""
-    return [pid for pid, _ in processes.find_processes((program or "*",), marker)]
-
-
-def daemons(marker: str, program: str) -> list[int]:
-    """PIDs of running ``program`` daemons whose command line holds ``marker``, leaving out
-    a ``--test`` run of the same configuration: a SIGHUP meant for the daemon ends it."""
-    return [pid for pid, argv in processes.command_lines()
-            if os.path.basename(argv[0]) == program and marker in "\0".join(argv)
-            and "--test" not in argv]
+def find_processes(marker: str, program: str | None = None,
+                   without: tuple[str, ...] = ()) -> list[int]:
+    """PIDs whose command line holds ``marker`` and none of the arguments ``without``
+    (and whose argv[0] is ``program``)."""
+    return [pid for pid, _ in processes.find_processes((program or "*",), marker, without)]
 
 
 class Supervised:

@@ -768,7 +768,7 @@ def test_a_dnsmasq_config_test_is_not_taken_for_the_daemon(tmp_path: Path) -> No
     be among the daemons, or the signal ends it and `nova up` fails ("dnsmasq refuses the
     configuration", with nothing said: seen in CI). Two stand-in processes named dnsmasq
     (Python with argv[0] set, sleeping), one with --test, are found on the real /proc."""
-    from nova_bridge.supervise import daemons, find_processes
+    from nova_bridge.supervise import find_processes
 
     marker = f"--conf-file={tmp_path / 'dnsmasq.conf'}"
     code = "import time; time.sleep(60)"
@@ -780,7 +780,7 @@ def test_a_dnsmasq_config_test_is_not_taken_for_the_daemon(tmp_path: Path) -> No
         while sorted(find_processes(marker, "dnsmasq")) != sorted([daemon.pid, tester.pid]):
             assert time.monotonic() < deadline, find_processes(marker, "dnsmasq")
             time.sleep(0.01)
-        assert daemons(marker, "dnsmasq") == [daemon.pid]
+        assert find_processes(marker, "dnsmasq", ("--test",)) == [daemon.pid]  # as the endpoint
     finally:
         for process in (daemon, tester):
             process.kill()

@@ -63,7 +63,7 @@ from aioquic.quic.events import (
 from aioquic.quic.packet import PACKET_TYPE_INITIAL, pull_quic_header
 from aioquic.quic.recovery import MAX_ACK_RANGES
 from aioquic.tls import Epoch
-from nova_bridge.supervise import daemons
+from nova_bridge.supervise import find_processes
 
 from nova_core.errors import NovaError
 from nova_core.files import replace_file
@@ -935,7 +935,8 @@ class Endpoint:
         """dnsmasq adds names from hostsdir by itself but forgets removed ones only on SIGHUP."""
         if not self.dnsmasq_conf:
             return
-        for pid in daemons(f"--conf-file={self.dnsmasq_conf}", "dnsmasq"):
+        # not `dnsmasq --test` of the same file (nova up checks it): a SIGHUP would end it
+        for pid in find_processes(f"--conf-file={self.dnsmasq_conf}", "dnsmasq", ("--test",)):
             try:
                 os.kill(pid, signal.SIGHUP)
             except ProcessLookupError:
