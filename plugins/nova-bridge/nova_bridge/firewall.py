@@ -317,9 +317,10 @@ def chain_rules(records: list[NetworkRecord]) -> dict[str, Rules]:
     isolation: Rules = []
     accepts: Rules = []
     drops: Rules = []
+    own_dns: Rules = []
     published: Rules = []
     for record in records:
-        chains["prerouting"] += own_dns_rules(record)  # before any network's DNAT
+        own_dns += own_dns_rules(record)
         pre, out = raw_rules(record)
         chains["raw_prerouting"] += pre
         chains["raw_output"] += out
@@ -331,8 +332,8 @@ def chain_rules(records: list[NetworkRecord]) -> dict[str, Rules]:
         chains["postrouting"] += nat_rules(record)
         for lease in record.leases.values():
             published += port_rules(record, lease)
-    chains["output"] = chains["prerouting"] + published
-    chains["prerouting"] += published
+    # DNS to the gateways stays with dnsmasq: before any network's DNAT
+    chains["prerouting"], chains["output"] = own_dns + published, own_dns + published
     bridged: Rules = []
     if records:  # traffic that stays on its bridge (br_netfilter shows it here): done at once
         pairs = [[{"concat": [record.bridge, record.bridge]}, {"accept": None}]
