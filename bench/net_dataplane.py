@@ -25,6 +25,7 @@ packet leaves the machine.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -36,7 +37,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from timing import scratch_folder
+from timing import samples_in_turns, scratch_folder
 
 REPO = Path(__file__).resolve().parent.parent
 LOOP = "trap 'exit 0' TERM; while true; do sleep 1; done"
@@ -217,15 +218,12 @@ def measure_interleaved(pairs: dict[str, tuple[list[str], str]], seconds: float,
     gbits: dict[str, list[float]] = {name: [] for name in pairs}
     rtts: dict[str, list[float]] = {name: [] for name in pairs}
     blocks: dict[str, list[float]] = {name: [] for name in pairs}
+    pingers = {name: functools.partial(rtt_samples, paths[0], server_ip, PING_BLOCK)
+               for name, (paths, server_ip) in pairs.items()}
     for _ in range(rounds):
-        replies: dict[str, list[float]] = {name: [] for name in pairs}
         for name, (paths, server_ip) in pairs.items():
             gbits[name].append(iperf(paths[1], paths[0], server_ip, seconds))
-        for _ in range(PING_BLOCKS):
-            for name, (paths, server_ip) in pairs.items():
-                times = rtt_samples(paths[0], server_ip, PING_BLOCK)
-                replies[name] += times
-                blocks[name].append(statistics.median(times))
+        replies = samples_in_turns(pingers, PING_BLOCKS, blocks)
         for name in pairs:
             rtts[name].append(statistics.median(replies[name]))
     return {name: (gbits[name], rtts[name], blocks[name]) for name in pairs}

@@ -23,6 +23,7 @@ crun/conmon for the capsules. Nothing leaves the namespaces it makes.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import statistics
@@ -44,7 +45,7 @@ from overlay_peers import (  # noqa: E402
     tinc_summary,
     tinc_version,
 )
-from timing import scratch_folder  # noqa: E402
+from timing import samples_in_turns, scratch_folder  # noqa: E402
 
 #: pings (10 ms apart) per block; each round pings every setup in turns, PING_BLOCKS times
 PING_BLOCK, PING_BLOCKS = 40, 5
@@ -137,17 +138,14 @@ def main() -> int:
         time.sleep(3)  # tinc settles its path MTU
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in setups}
         blocks: dict[str, list[float]] = {name: [] for name in setups}
+        pingers = {name: functools.partial(ping_times, paths[0], server, PING_BLOCK)
+                   for name, (_hosts, paths, server) in setups.items()}
         for _ in range(args.rounds):
             for name, (hosts, paths, server) in setups.items():
                 runs[name].append(measure(hosts, paths, server, args.seconds))
             # pings in turns, PING_BLOCK at a time: the machine's wake-up latency drifts
             # within seconds, so one long ping per setup left their difference to chance
-            replies: dict[str, list[float]] = {name: [] for name in setups}
-            for _ in range(PING_BLOCKS):
-                for name, (_hosts, paths, server) in setups.items():
-                    times = ping_times(paths[0], server, PING_BLOCK)
-                    replies[name] += times
-                    blocks[name].append(statistics.median(times))
+            replies = samples_in_turns(pingers, PING_BLOCKS, blocks)
             for name in setups:
                 runs[name][-1]["ping ms"] = statistics.median(replies[name])
         notes = []

@@ -8,7 +8,7 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +61,20 @@ def interleaved_seconds(commands: Mapping[str, Timed], runs: int, pause: float =
 def median_ratio(samples: dict[str, list[float]], ours: str, theirs: str) -> float:
     """The median over rounds of ``ours / theirs`` (rounds from :func:`interleaved_seconds`)."""
     return statistics.median(a / b for a, b in zip(samples[ours], samples[theirs], strict=True))
+
+
+def samples_in_turns(samplers: Mapping[str, Callable[[], list[float]]], turns: int,
+                     per_turn: dict[str, list[float]]) -> dict[str, list[float]]:
+    """Call every sampler once per turn, one after the other, ``turns`` times (so that the
+    machine's drift within seconds weighs on all alike); return every sample by name, and
+    append each call's median to ``per_turn[name]``."""
+    samples: dict[str, list[float]] = {name: [] for name in samplers}
+    for _ in range(turns):
+        for name, sample in samplers.items():
+            values = sample()
+            samples[name] += values
+            per_turn[name].append(statistics.median(values))
+    return samples
 
 
 @contextmanager
