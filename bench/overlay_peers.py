@@ -326,12 +326,12 @@ def ping_times(client_ns: str, target: str, count: int) -> list[float]:
 
 def underlay_fragments(hosts: list[str]) -> int:
     """IPv4 fragments made plus reassemblies asked for, summed over the hosts' namespaces."""
+    from nova_bridge.testing import snmp_counters
+
     total = 0
     for host in hosts:
-        lines = [line.split() for line in in_ns(f"/run/netns/{host}", "cat", "/proc/net/snmp").stdout
-                 .splitlines() if line.startswith("Ip:")]
-        fields = dict(zip(lines[0], lines[1], strict=True))
-        total += int(fields["FragCreates"]) + int(fields["ReasmReqds"])
+        ip = snmp_counters(in_ns(f"/run/netns/{host}", "cat", "/proc/net/snmp").stdout, "Ip")
+        total += ip["FragCreates"] + ip["ReasmReqds"]
     return total
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from nova_bridge.testing import OutsideHost, host_unchanged, make_outside_host
+from nova_bridge.testing import OutsideHost, host_unchanged, make_outside_host, snmp_counters
 from nova_capsule.testing import busybox_layer
 from nova_test_helpers import write_novafile
 
@@ -225,9 +225,8 @@ def test_publishing_port_53_leaves_the_networks_own_dns_alone(nova, project_dir:
     # and the published UDP port itself works: datagrams to the host's port 53 reach the
     # capsule, whose kernel counts them (nothing listens there, so as "NoPorts")
     def no_ports() -> int:
-        lines = [line.split() for line in in_capsule(nova, "resolver", "cat /proc/net/snmp")
-                 .stdout.splitlines() if line.startswith("Udp:")]
-        return int(dict(zip(lines[0], lines[1], strict=True))["NoPorts"])
+        return snmp_counters(in_capsule(nova, "resolver", "cat /proc/net/snmp").stdout,
+                             "Udp")["NoPorts"]
 
     before = no_ports()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:

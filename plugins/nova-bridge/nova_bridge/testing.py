@@ -57,6 +57,14 @@ def run_in_netns(path: Path, *argv: str, timeout: float = 10) -> subprocess.Comp
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
 
+def snmp_counters(text: str, group: str) -> dict[str, int]:
+    """The ``group`` counters ("Ip", "Udp", ...) of a namespace's /proc/net/snmp ``text``:
+    a line of names, then a line of values, each after ``GROUP:``."""
+    names, values = [line.split()[1:] for line in text.splitlines()
+                     if line.startswith(f"{group}:")][:2]
+    return {name: int(value) for name, value in zip(names, values, strict=True)}
+
+
 @dataclass
 class OutsideHost:
     """A namespace standing in for another machine, on a /30 with the host.

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from nova_bridge.testing import host_unchanged
+from nova_bridge.testing import host_unchanged, snmp_counters
 from nova_capsule.testing import busybox_layer
 from nova_quic.testing import Site, endpoint_processes, underlay
 
@@ -64,10 +64,8 @@ def _wait_listening(site: Site, capsule: str, port: int, timeout: float = 30) ->
 
 def _fragments(site: Site) -> tuple[int, int]:
     """IPv4 fragments made and reassemblies asked for in the host's underlay namespace."""
-    lines = [line.split() for line in site.host.run("cat", "/proc/net/snmp").stdout.splitlines()
-             if line.startswith("Ip:")]
-    fields = dict(zip(lines[0], lines[1], strict=True))
-    return int(fields["FragCreates"]), int(fields["ReasmReqds"])
+    ip = snmp_counters(site.host.run("cat", "/proc/net/snmp").stdout, "Ip")
+    return ip["FragCreates"], ip["ReasmReqds"]
 
 
 def _down(sites: list[Site]) -> None:
