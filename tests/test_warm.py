@@ -170,6 +170,25 @@ def test_changed_code_makes_the_helper_step_down(warm: Warm) -> None:
         os.utime(source, ns=(before.st_atime_ns, before.st_mtime_ns))
 
 
+def test_a_helper_steps_down_when_its_code_changes_without_a_command(warm: Warm) -> None:
+    """The helper follows its modules' folders through inotify: a change ends it (and its
+    spare) at once, not only when the next command asks."""
+    first = warm.started()
+    assert wait_for(lambda: len(helpers(warm.folder)) == 2, 10), "no spare child forked"
+    import nova_core.errors
+
+    source = Path(nova_core.errors.__file__)
+    before = source.stat()
+    os.utime(source, ns=(before.st_atime_ns, before.st_mtime_ns + 1))
+    try:
+        assert wait_for(lambda: not Path(f"/proc/{first['pid']}").exists(), 10), \
+            "the helper kept serving after its code changed"
+        assert wait_for(lambda: not helpers(warm.folder), 10), "the spare outlived it"
+        assert warm.sockets() == []
+    finally:
+        os.utime(source, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
 def test_stop_and_idle_timeout_end_the_helper(warm: Warm) -> None:
     first = warm.started()
     assert wait_for(lambda: len(helpers(warm.folder)) == 2, 10), "no spare child forked"
