@@ -72,6 +72,23 @@ def test_lock_waits_and_says_so(tmp_path: Path) -> None:
     assert said and "waiting for another nova process" in said[0]
 
 
+def test_lock_names_its_holder_over_a_longer_earlier_record(tmp_path: Path) -> None:
+    """The holder's pid is written over the last one without truncating the file: a
+    longer leftover record must not show through in a waiting process's message."""
+    import os
+
+    (tmp_path / "locks").mkdir()
+    (tmp_path / "locks" / "p.lock").write_text("9999999999")
+    said: list[str] = []
+    with project_lock(tmp_path, "p"):
+        thread = threading.Thread(
+            target=lambda: project_lock(tmp_path, "p", say=said.append).__enter__())
+        thread.start()
+        time.sleep(0.3)
+    thread.join(5)
+    assert said and f"(pid {os.getpid()})" in said[0]
+
+
 def test_lock_gives_up_after_the_timeout(tmp_path: Path) -> None:
     import fcntl
     import os

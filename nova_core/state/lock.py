@@ -12,6 +12,9 @@ from pathlib import Path
 
 from nova_core.errors import StateError
 
+#: bytes the holder's pid is written in (pid_max is at most 2**22: 7 digits)
+PID_WIDTH = 10
+
 
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
@@ -68,8 +71,10 @@ def project_lock(
                             hint="wait for it to finish, or stop it; NOVA_LOCK_TIMEOUT sets the wait",
                         ) from None
                     time.sleep(0.05)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        # the holder's pid for a waiting process's message, padded to a fixed width and
+        # written over the last one: truncating the file first frees and later reallocates
+        # its block, which cost each lock about 0.6 ms here
+        os.pwrite(fd, f"{os.getpid():<{PID_WIDTH}}".encode(), 0)
         yield
     finally:
         os.close(fd)  # closing releases the flock

@@ -78,7 +78,7 @@ class CapsuleFiles:
         self.meta_path = root / "capsule.json"
         self.rw_image = root / "rw.img"
         self.rw = root / "rw"
-        self.lower = root / "lower"
+        self.lower = run_dir / "lower"  # the image layers' idmapped mounts, made at each start
         self.binds = run_dir / "binds"
         self.rootfs = run_dir / "rootfs"
         self.userns = run_dir / "userns"  # pinned when the capsule is on Nova networks
@@ -211,9 +211,10 @@ class CapsuleFiles:
         ``volatile`` for a run whose capsule is removed after it (``nova run --rm``):
         its writable layer is never synced (:func:`idmap.mount_overlay`).
         """
-        if idmap.is_mounted(self.rootfs):
+        mounted = self.mount_points()
+        if Path(os.path.realpath(self.rootfs)) in mounted:
             return
-        self.unmount()  # whatever a crash left half-mounted
+        self.unmount(mounted)  # whatever a crash left half-mounted
         idmap.forget_volatile(self.work)  # a throwaway run's capsule that stayed after all
         fd = idmap.user_namespace_fd(meta.uid_base, UID_COUNT)
         try:
@@ -248,14 +249,17 @@ class CapsuleFiles:
         finally:
             os.close(fd)
 
-    def unmount(self) -> None:
-        """Unmount everything :meth:`mount` made (fine if nothing is mounted)."""
-        idmap.unmount(self.rootfs)
-        for folder in (self.binds, self.lower):
-            if folder.is_dir():
-                for entry in sorted(folder.iterdir()):
-                    idmap.unmount(entry)
-        idmap.unmount(self.rw)  # the loop device goes with it (autoclear)
+    def mount_points(self) -> list[Path]:
+        """What is mounted in the capsule's folders, in the order it was mounted: the
+        overlay, the layers, the binds and the sized layer, not the pinned user namespace."""
+        return idmap.mounts_under([self.root, self.run_dir], leave=(self.userns,))
+
+    def unmount(self, mounted: list[Path] | None = None) -> None:
+        """Unmount everything :meth:`mount` made (fine if nothing is mounted), last mounted
+        first; the loop device of a sized layer goes with it (autoclear). ``mounted``: what
+        :meth:`mount_points` just returned."""
+        for target in reversed(self.mount_points() if mounted is None else mounted):
+            idmap.unmount(target)
 
     @contextmanager
     def writable_layer(self) -> Iterator[Path]:
@@ -275,8 +279,10 @@ class CapsuleFiles:
         from nova_core.afterwards import discard
 
         self.unmount()
-        if idmap.mounted_among([self.rootfs, self.rw]):
-            raise NovaError(f"{self.rootfs} is still mounted; not removing the capsule's files")
+        still = self.mount_points()
+        if still:
+            raise NovaError(f"{', '.join(map(str, still))} still mounted; not removing the "
+                            f"capsule's files", hint="unmount it (umount -l PATH), then try again")
         discard(self.root, self.root.parents[2] / "trash")  # <home>/drivers/capsule/trash
         discard(self.run_dir, self.run_dir.parents[1] / "trash")  # <run root>/trash
         try:

@@ -244,7 +244,6 @@ class CapsuleDriver(ComputeDriver):
                 for folder in (files.upper, files.work):
                     folder.mkdir(exist_ok=True)
                     os.chown(folder, base, base)
-            files.exits.mkdir(exist_ok=True)
             for bind in binds:  # a named volume still owned by root is handed to this capsule
                 source = Path(str(bind["source"]))
                 if bind["type"] == "volume" and source.is_dir() and source.stat().st_uid == 0:
@@ -498,12 +497,20 @@ class CapsuleDriver(ComputeDriver):
             self._halt(spec, timeout)
             return self.status(spec)
 
-    def _halt(self, spec: InstanceSpec, timeout: float) -> None:
-        """What :meth:`stop` does, without the status it returns (the caller holds the lock)."""
+    def _halt(self, spec: InstanceSpec, timeout: float, mark: bool = True) -> None:
+        """What :meth:`stop` does, without the status it returns (the caller holds the lock).
+
+        It leaves a "stopping" file that tells the run's exit hook (or attached wait) that
+        Nova stopped it, so that it neither restarts nor tears down the capsule once it gets
+        the lock. :meth:`delete`, which removes the files before it lets go of the lock,
+        passes ``mark=False``: then only a capsule with a restart policy gets the file (in
+        case the removal fails).
+        """
         files = self.files(spec)
         meta = files.read()
         runtime = self._runtime(spec)
-        files.stopping.write_text(str(time.time()))
+        if mark or meta.restart != "no":
+            files.stopping.write_text(str(time.time()))
         if files.exit_code(meta.id) is None and self._running(runtime, meta.id):
             if (runtime.state(meta.id) or {}).get("status") == "paused":
                 runtime.call("resume", meta.id, check=False)  # a frozen task gets no signal
@@ -560,7 +567,7 @@ class CapsuleDriver(ComputeDriver):
             files = self.files(spec)
             capsule = self._id(spec)
             if files.exists():  # the stop tears down the runtime's state, mounts and cgroup
-                self._halt(spec, spec.stop_timeout if spec.stop_timeout < 5 else 5)
+                self._halt(spec, spec.stop_timeout if spec.stop_timeout < 5 else 5, mark=False)
             else:
                 self._runtime(spec).remove(capsule)
                 remove_cgroup(capsule)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import select
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from nova_core.errors import NovaError
@@ -260,12 +262,31 @@ def is_mounted(target: Path) -> bool:
 def mounted_among(targets: list[Path]) -> list[Path]:
     """Those of ``targets`` that are mount points (one pass over the mount table)."""
     wanted = {os.fsencode(os.path.realpath(target)): target for target in targets}
-    found = []
+    return [wanted.pop(point) for point in _mount_points() if point in wanted]
+
+
+def mounts_under(folders: list[Path], leave: tuple[Path, ...] = ()) -> list[Path]:
+    """The mount points at or below any of ``folders``, except those in ``leave``, in the
+    order they were mounted (one pass over the mount table)."""
+    prefixes = tuple(os.fsencode(os.path.realpath(folder)) for folder in folders)
+    below = tuple(prefix + b"/" for prefix in prefixes)
+    skip = {os.fsencode(os.path.realpath(path)) for path in leave}
+    return [Path(os.fsdecode(point)) for point in _mount_points()
+            if (point in prefixes or point.startswith(below)) and point not in skip]
+
+
+def _mount_points() -> Iterator[bytes]:
+    """The mount point of each line of this process's mount table, unescaped."""
     with open("/proc/self/mountinfo", "rb") as handle:
         for line in handle:
-            fields = line.split()
+            fields = line.split(b" ", 5)
             if len(fields) > 4:
-                target = wanted.pop(fields[4].replace(b"\\040", b" "), None)
-                if target is not None:
-                    found.append(target)
-    return found
+                point = fields[4]
+                yield _OCTAL.sub(_unescape, point) if b"\\" in point else point
+
+
+_OCTAL = re.compile(rb"\\([0-7]{3})")  # the kernel writes space, tab, newline and \ so
+
+
+def _unescape(match: re.Match[bytes]) -> bytes:
+    return bytes([int(match[1], 8)])

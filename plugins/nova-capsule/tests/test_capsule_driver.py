@@ -671,6 +671,32 @@ def test_idmapped_bind_maps_root_to_the_range(tmp_path: Path, make_namespace) ->
     assert not idmap.is_mounted(target)
 
 
+def test_mounts_under_finds_nested_mounts_in_order_and_unescapes_their_paths(
+        tmp_path: Path) -> None:
+    """One pass over the real mount table: mounts at or below the folders, in the order
+    they were made, with a space in the path (written as \\040 by the kernel) decoded,
+    and the ones to leave left out; a folder beside them with the same prefix is not
+    below them."""
+    source = tmp_path / "source"
+    (source / "inner").mkdir(parents=True)  # outer/inner once source is bound at outer
+    folder = tmp_path / "capsule dir"
+    outer, inner, kept = folder / "outer", folder / "outer" / "inner", folder / "kept"
+    beside = tmp_path / "capsule dir2"
+    for path in (outer, kept, beside):
+        path.mkdir(parents=True)
+    made: list[Path] = []
+    try:
+        for target in (outer, inner, kept, beside):
+            idmap.bind_mount(source, target, read_only=True)
+            made.append(target)
+        assert idmap.mounts_under([folder], leave=(kept,)) == [outer, inner]
+        assert idmap.mounts_under([folder, beside]) == [outer, inner, kept, beside]
+    finally:
+        for target in reversed(made):
+            idmap.unmount(target)
+    assert idmap.mounts_under([folder, beside]) == []
+
+
 def root_is_volatile(mountinfo: str) -> bool:
     """Whether the root mount in a /proc/self/mountinfo text is a volatile overlay (the
     kernel shows the option as ``volatile``, newer ones as ``fsync=volatile``)."""
