@@ -26,8 +26,10 @@ grace period in the kernel (13-20 ms here; crun makes that write for every conta
 and writes in the grace period after it do not. Runs back to back, less than a grace
 period apart, therefore measure crun about 13 ms faster than anybody runs it once; the
 pause keeps every tool's runs apart, and the back-to-back floor is printed beside it.
-Rounds interleave the tools so that the machine's drift weighs on all alike; the ratio
-and the difference are medians over rounds.
+Rounds interleave the tools so that the machine's drift weighs on all alike, each round
+starting with the next tool (a run straight after another tool's was several ms faster
+here); the ratio and the difference are medians over rounds. NOVA_HOME is on disk in
+/var/tmp, as a user's /var/lib/nova is (timing.scratch_folder).
 
 Targets from the issue: Nova at most 30 ms over raw crun; at most 0.3 of podman.
 
