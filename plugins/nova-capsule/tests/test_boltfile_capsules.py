@@ -190,3 +190,39 @@ def test_changing_init_env_or_memory_restarts_the_capsule_and_keeps_its_files(
     finally:
         down = run_nova("down", cwd=tmp_path, timeout=120)
     assert down.returncode == 0, down.stderr
+
+
+def test_boltfile_restart_policies_are_the_capsules(run_nova, capsule_home: Path,
+                                                   tmp_path: Path) -> None:
+    """A service's ``restart`` becomes its capsule's policy, honoured by the monitor's exit
+    hook without any nova process: on-failure runs a failing service again (with backoff),
+    "no" leaves it exited."""
+    project = tmp_path / "flaky"
+    project.mkdir()
+    (project / "Boltfile.toml").write_text(textwrap.dedent("""
+        [services.flaky]
+        image = "test/busybox:1"
+        command = ["sh", "-c", "echo run; exit 3"]
+        restart = "on-failure"
+        [services.once]
+        image = "test/busybox:1"
+        command = ["sh", "-c", "echo run; exit 3"]
+        restart = "no"
+    """))
+
+    def runs(name: str) -> int:
+        return run_nova("logs", "container", name, cwd=project).stdout.split().count("run")
+
+    try:
+        up = run_nova("up", cwd=project, timeout=120)
+        assert up.returncode == 0, up.stderr
+        deadline = time.monotonic() + 30
+        while runs("flaky") < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert runs("flaky") >= 3  # the first run and two restarts (0.2 s, then 0.4 s later)
+        assert runs("once") == 1
+        listing = {i["name"]: i for i in json.loads(run_nova("ls", "--json").stdout)}
+        assert listing["once"]["state"] == "stopped", listing
+    finally:
+        down = run_nova("down", cwd=project, timeout=120)
+    assert down.returncode == 0, down.stderr

@@ -299,6 +299,34 @@ def test_snapshot_restores_the_filesystem(driver: CapsuleDriver, running: Contai
     assert not (driver.files(running).snapshots / "s1").exists()
 
 
+def test_a_snapshot_is_copied_while_the_capsule_is_frozen(driver: CapsuleDriver,
+                                                          running: ContainerSpec,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The copy of the writable layer runs while the kernel's cgroup freezer holds every
+    process of the capsule (read from the capsule's own cgroup files during the copy),
+    and the capsule runs on afterwards. The copy function is wrapped only to look."""
+    import nova_capsule.driver as drivermod
+
+    capsule = driver.files(running).read().id
+    seen: list[str] = []
+    copy = drivermod._copy_tree  # noqa: SLF001
+
+    def looking(source: Path, target: Path) -> None:
+        for folder in cgroup_dirs(capsule):
+            for name in ("freezer.state", "cgroup.freeze"):  # v1 freezer, v2
+                if (folder / name).exists():
+                    seen.append((folder / name).read_text().strip())
+        copy(source, target)
+
+    monkeypatch.setattr(drivermod, "_copy_tree", looking)
+    driver.snapshot(running, "frozen")
+    assert seen and set(seen) <= {"FROZEN", "1"}, seen
+    assert driver.status(running).state.value == "running"
+    for folder in cgroup_dirs(capsule):
+        if (folder / "freezer.state").exists():
+            assert (folder / "freezer.state").read_text().strip() == "THAWED"
+
+
 def test_quick_reincarnation_is_not_undone_by_an_old_exit_hook(driver: CapsuleDriver,
                                                                 tmp_path: Path) -> None:
     """A capsule that exits, is removed and made again at once: the first run's exit hook
