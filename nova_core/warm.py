@@ -15,7 +15,7 @@ exit status.
 The helper holds no state: state is in SQLite and files as always, and every
 command works the same without it (``NOVA_WARM=0`` turns it off). A helper only
 serves callers that would have run identically: same user and groups, Python,
-``sys.path`` (and the mtimes of its folders, which ``pip install`` changes),
+how Python was started (the interpreter, its flags and ``PYTHON*`` variables),
 namespaces, cgroup, capabilities, rlimits and umask; these make up its *key*,
 and the socket's name is derived from it. Callers outside the host's network or
 mount namespace (``ip netns exec``) never use one, so no helper keeps a namespace
@@ -87,15 +87,23 @@ def _read(path: str) -> str:
 
 
 def key() -> str:
-    """Everything that makes two ``nova`` processes behave alike, as one text."""
+    """Everything that makes two ``nova`` processes behave alike, as one text.
+
+    The compiled client (``nova_core/warm_client.c``) computes the same text without
+    Python, so the key holds only what a program can know before Python starts: the
+    interpreter's path, how it was started (its command-line flags and first
+    ``sys.path`` entry, the script's folder) and the ``PYTHON*`` variables and HOME,
+    from which Python derives the rest of ``sys.path``. What changes on disk under
+    ``sys.path`` (``pip install``) the helper notices itself (:class:`_Changes`)."""
+    flags = sys.flags
     parts = [f"uid={os.getuid()} gid={os.getgid()} groups={sorted(os.getgroups())}",
-             f"python={sys.executable} {sys.version}"]
-    for entry in sys.path:
-        try:
-            mtime = os.stat(entry or ".").st_mtime_ns
-        except OSError:
-            mtime = 0
-        parts.append(f"path={entry} {mtime}")
+             f"python={sys.executable}",
+             f"path0={sys.path[0] if sys.path else ''}",
+             f"flags=I{flags.isolated}E{flags.ignore_environment}S{flags.no_site}"
+             f"s{flags.no_user_site}P{int(flags.safe_path)}",
+             f"home={os.environ.get('HOME', '')}"]
+    parts += sorted(f"env.{name}={value}" for name, value in os.environ.items()
+                    if name.startswith("PYTHON"))
     for ns in _NAMESPACES:
         try:
             parts.append(f"ns.{ns}={os.stat(f'/proc/self/ns/{ns}').st_ino}")
@@ -110,6 +118,15 @@ def key() -> str:
     os.umask(umask)
     parts.append(f"umask={umask:o}")
     return "\n".join(parts)
+
+
+def print_key() -> bool:
+    """With ``NOVA_WARM_PRINT_KEY`` set, write this caller's key to stdout (to compare it with
+    the compiled client's) and say so."""
+    if not os.environ.get("NOVA_WARM_PRINT_KEY"):
+        return False
+    sys.stdout.write(key() + "\n")
+    return True
 
 
 def folder() -> str:
@@ -400,7 +417,8 @@ class _Helper:
         self.spare_ready = False
         self.inode = 0
         self.mtimes = self._module_mtimes()
-        self.changes = _Changes(self.mtimes)
+        self.folders = _folder_mtimes(sys.path)  # what is installed: pip adds and removes entries
+        self.changes = _Changes(self.mtimes, self.folders)
         if threading.active_count() > 1:
             return  # forking a threaded process is unsafe: serve nothing
         probe = _connect(path)
@@ -461,7 +479,7 @@ class _Helper:
                     return True
             except OSError:
                 return True
-        return False
+        return _folder_mtimes(self.folders) != self.folders
 
     def _stop_accepting(self) -> None:
         if not self.accepting:
@@ -821,21 +839,36 @@ class _Helper:
             os._exit(code)
 
 
+def _folder_mtimes(folders) -> dict[str, int]:  # noqa: ANN001 - an iterable of paths
+    """The mtimes of these folders (0 for one that is not there): a folder's mtime changes
+    when an entry is added, removed or renamed in it."""
+    found = {}
+    for folder in folders:
+        try:
+            found[folder] = os.stat(folder or ".").st_mtime_ns
+        except OSError:
+            found[folder] = 0
+    return found
+
+
 class _Changes:
-    """Whether any of the helper's module files changed on disk since it imported them,
-    known from inotify on their folders: one read per request, where looking at each
-    file took a stat of every one (about 150-650 of them, 0.5-1 ms per command here).
+    """Whether any of the helper's module files changed on disk since it imported them, or
+    an entry was added to or removed from a ``sys.path`` folder (a package installed or
+    removed), known from inotify on their folders: one read per request, where looking at
+    each file took a stat of every one (about 150-650 of them, 0.5-1 ms per command here).
     ``available`` is False where inotify cannot be had; the helper then looks."""
 
-    def __init__(self, files: dict[str, int]) -> None:
+    def __init__(self, files: dict[str, int], folders: dict[str, int]) -> None:
         self.watch = None
         self.names: dict[str, set[str]] = {}
+        self.entries: set[str] = set()  # folders in which any added or removed entry counts
         self.changed = False
         try:
             from nova_core.hostinfo.inotify import Watch
 
             self.watch = Watch()
             self.follow(files)
+            self.follow_entries(folders)
         except OSError:
             self.close()
 
@@ -861,15 +894,35 @@ class _Changes:
         except OSError:
             self.close()  # the per-user limit, say: the helper looks at each file instead
 
+    def follow_entries(self, folders) -> None:  # noqa: ANN001 - an iterable of paths
+        """Count any entry added to, removed from or renamed in these folders as a change
+        (not a file written there: the repository's folder is on ``sys.path`` in an
+        editable install)."""
+        from nova_core.hostinfo.inotify import ENTRIES
+
+        if self.watch is None:
+            return
+        for folder in folders:
+            if not folder or not os.path.isdir(folder) or folder in self.entries:
+                continue
+            try:
+                if folder not in self.names:  # a module's folder is watched for more already
+                    self.watch.add(folder, ENTRIES)
+            except OSError:
+                self.close()
+                return
+            self.entries.add(folder)
+
     def seen(self) -> bool:
         """Whether a watched file (or its folder) changed; stays True once it did."""
-        from nova_core.hostinfo.inotify import IN_Q_OVERFLOW
+        from nova_core.hostinfo.inotify import ENTRIES, IN_Q_OVERFLOW
 
         if self.watch is None:
             return self.changed
         for event in self.watch.read():  # read also once seen: a full queue wakes the loop
             if (event.mask & IN_Q_OVERFLOW or not event.name
-                    or event.name in self.names.get(event.folder, ())):
+                    or event.name in self.names.get(event.folder, ())
+                    or (event.folder in self.entries and event.mask & ENTRIES)):
                 self.changed = True
         return self.changed
 

@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:
         from nova_core import warm
 
+        if warm.print_key():
+            return 0
         text = None  # the helper's key: None when this command runs without one
         try:
             text = warm.key() if warm.eligible(args) else None

@@ -35,6 +35,8 @@ IN_CLOEXEC = os.O_CLOEXEC
 #: every change to a file's content, metadata or name, and to the folder itself
 CHANGES = (IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE
            | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF)
+#: a folder's entries added, removed or renamed (what changes the folder's own mtime)
+ENTRIES = IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF
 
 _HEADER = struct.Struct("iIII")  # wd, mask, cookie, len (struct inotify_event)
 
