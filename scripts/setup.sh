@@ -16,7 +16,8 @@ if [ "$(id -u)" -ne 0 ]; then
     SUDO="sudo"
 fi
 
-packages="python3 python3-venv python3-pip"
+# gcc and libc6-dev build nova's compiled client (scripts/build-client.sh)
+packages="python3 python3-venv python3-pip gcc libc6-dev"
 for list in plugins/*/debian-packages.txt; do
     [ -f "$list" ] && packages="$packages $(tr '\n' ' ' < "$list")"
 done
@@ -67,6 +68,13 @@ pip_install "${plugin_args[@]}"
 # needs it (pip builds in isolated environments with their own setuptools); the venvs
 # of Python 3.12 and later have none.
 .venv/bin/python -m pip uninstall -q -y setuptools >/dev/null 2>&1 || true
+# a compiled `nova` that hands commands to the warm helper without starting Python
+# (docs/architecture.md, "The compiled client"); pip's script stays as .venv/bin/nova-python
+if bash scripts/build-client.sh .venv; then
+    echo "setup: built the compiled client .venv/bin/nova"
+else
+    echo "setup: the compiled client was not built; .venv/bin/nova is the Python script (slower to start)" >&2
+fi
 if [ -x /bin/busybox ] && .venv/bin/python -c "import nova_capsule" 2>/dev/null; then
     # a small local image for examples/quickstart: no registry needed
     if ! .venv/bin/nova image ls 2>/dev/null | grep -q "^local/busybox:latest "; then
