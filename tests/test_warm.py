@@ -2,6 +2,8 @@
 
 Each test gets its own socket folder (NOVA_WARM_DIR), so its helper serves only it,
 and the fixture stops every helper started from that folder, also when the test fails.
+Each test runs twice: with pip's Python `nova` script, and with the compiled client
+(nova_core/warm_client.c), which this module builds with scripts/build-client.sh.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ import pytest
 
 from nova_core.hostinfo.processes import command_lines
 
-NOVA = str(Path(sys.executable).parent / "nova")
+BIN = Path(sys.executable).parent
+#: pip's `nova` script: renamed nova-python where scripts/setup.sh built the client
+PYTHON_NOVA = str(BIN / "nova-python") if (BIN / "nova-python").exists() else str(BIN / "nova")
+ROOT = Path(__file__).resolve().parent.parent
 HELPER_MARK = "nova_core.warm import serve"
 
 
@@ -50,17 +55,29 @@ def wait_for(predicate, timeout: float = 30.0) -> bool:  # noqa: ANN001
     return False
 
 
-class Warm:
-    """Runs the real console script with the helper on, in one test's context."""
+@pytest.fixture(scope="session")
+def compiled_nova(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The compiled client, built for this test run's virtual environment and Python script
+    (the build compares its key with Python's and fails if they differ)."""
+    output = tmp_path_factory.mktemp("client") / "nova"
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "build-client.sh"), str(BIN.parent), str(output)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return str(output)
 
-    def __init__(self, folder: Path, home: Path) -> None:
+
+class Warm:
+    """Runs a real `nova` client with the helper on, in one test's context."""
+
+    def __init__(self, folder: Path, home: Path, client: str = PYTHON_NOVA) -> None:
         self.folder = folder
+        self.client = client
         self.env = dict(os.environ, NOVA_WARM="1", NOVA_WARM_DIR=str(folder), NOVA_HOME=str(home),
                         NOVA_WARM_IDLE="120")
 
     def run(self, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
             ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([NOVA, *args], cwd=cwd, env={**self.env, **(env or {})},
+        return subprocess.run([self.client, *args], cwd=cwd, env={**self.env, **(env or {})},
                               capture_output=True, text=True, timeout=60)
 
     def sockets(self) -> list[Path]:
@@ -78,10 +95,11 @@ class Warm:
         return self.status()
 
 
-@pytest.fixture
-def warm(tmp_path: Path, nova_home: Path) -> Iterator[Warm]:
+@pytest.fixture(params=["python", "compiled"])
+def warm(request: pytest.FixtureRequest, tmp_path: Path, nova_home: Path) -> Iterator[Warm]:
     folder = tmp_path / "warm"
-    helper = Warm(folder, nova_home)
+    client = request.getfixturevalue("compiled_nova") if request.param == "compiled" else PYTHON_NOVA
+    helper = Warm(folder, nova_home, client)
     try:
         yield helper
     finally:
@@ -114,12 +132,12 @@ def test_helper_runs_commands_with_the_callers_cwd_env_and_exit_status(
     after = warm.status()
     assert after["pid"] == first["pid"] and after["served"] == 4
     # the same answers as without the helper
-    cold = subprocess.run([NOVA, "validate", "--json"], cwd=tmp_path / "alpha", capture_output=True,
+    cold = subprocess.run([warm.client, "validate", "--json"], cwd=tmp_path / "alpha", capture_output=True,
                           text=True, env={**warm.env, "NOVA_WARM": "0"}, timeout=60)
     assert cold.stdout == alpha.stdout and cold.returncode == alpha.returncode
     # help options the helper made beforehand (-h from the group's context settings)
     helped = warm.run("image", "ls", "-h")
-    cold_help = subprocess.run([NOVA, "image", "ls", "-h"], capture_output=True, text=True,
+    cold_help = subprocess.run([warm.client, "image", "ls", "-h"], capture_output=True, text=True,
                                env={**warm.env, "NOVA_WARM": "0"}, timeout=60)
     assert helped.returncode == 0 and helped.stdout.startswith("Usage: nova image ls")
     assert helped.stdout == cold_help.stdout and "-h, --help" in helped.stdout
@@ -133,10 +151,13 @@ def waiting_for_a_lock(warm: Warm, nova_home: Path) -> Iterator[tuple[subprocess
     locks.mkdir(parents=True, exist_ok=True)
     with open(locks / "held.lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
-        waiting = subprocess.Popen([NOVA, "down", "-p", "held"], env=warm.env, text=True,
+        waiting = subprocess.Popen([warm.client, "down", "-p", "held"], env=warm.env, text=True,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             assert wait_for(lambda: warm.status()["busy"] == 1, 20), "the helper got no command"
+            # the compiled client waits for the helper itself: it did not fall back to Python
+            program = os.path.realpath(f"/proc/{waiting.pid}/exe")
+            assert (program == os.path.realpath(warm.client)) == (warm.client != PYTHON_NOVA), program
             time.sleep(0.3)  # the child waits for the lock now
             yield waiting, held.fileno()
         finally:
@@ -212,7 +233,7 @@ def test_off_and_other_namespaces_start_no_helper(warm: Warm) -> None:
     namespace = f"nova-warm-{uuid.uuid4().hex[:8]}"
     subprocess.run(["ip", "netns", "add", namespace], check=True)
     try:
-        inside = subprocess.run(["ip", "netns", "exec", namespace, NOVA, "ls"], env=warm.env,
+        inside = subprocess.run(["ip", "netns", "exec", namespace, warm.client, "ls"], env=warm.env,
                                 capture_output=True, text=True, timeout=60)
         assert inside.returncode == 0, inside.stderr
         time.sleep(1.0)  # a helper would have been spawned by now
@@ -304,10 +325,51 @@ def test_a_fast_command_runs_once(warm: Warm, tmp_path: Path) -> None:
     ready spare can finish a short command before the helper is done handing it over, and
     a caller that read X first used to run the command a second time itself."""
     (tmp_path / "NovaFile").write_text('project = "quick"\n')
-    cold = subprocess.run([NOVA, "validate", "--json"], cwd=tmp_path, capture_output=True,
+    cold = subprocess.run([warm.client, "validate", "--json"], cwd=tmp_path, capture_output=True,
                           text=True, env={**warm.env, "NOVA_WARM": "0"}, timeout=60)
     first = warm.started()
     for _ in range(30):
         done = warm.run("validate", "--json", cwd=tmp_path)
         assert done.returncode == 0 and done.stdout == cold.stdout, done.stdout
     assert warm.status()["pid"] == first["pid"]
+
+
+def test_a_package_installed_on_sys_path_makes_the_helper_step_down(warm: Warm, tmp_path: Path) -> None:
+    """The key does not hold sys.path's folders: the helper watches them itself, and an entry
+    added to one (pip installing a package, a new plugin) ends it; the next command runs
+    and starts a helper that sees the new package."""
+    site = tmp_path / "site"
+    site.mkdir()
+    warm.env["PYTHONPATH"] = str(site)
+    first = warm.started()
+    (site / "late_plugin-1.0.dist-info").mkdir()
+    assert wait_for(lambda: not Path(f"/proc/{first['pid']}").exists(), 15), \
+        "the helper kept serving after a package was installed"
+    done = warm.run("ls", "--json")
+    assert done.returncode == 0 and json.loads(done.stdout) == [], done.stderr
+    assert wait_for(lambda: warm.status()["running"], 30)
+    assert warm.status()["pid"] != first["pid"]
+
+
+def test_the_compiled_client_computes_pythons_key(compiled_nova: str, tmp_path: Path) -> None:
+    """The compiled client finds a helper only if it names the key exactly as Python does,
+    in every context that goes into it: here the user's groups, umask, HOME and PYTHON*
+    variables differ between runs (NOVA_WARM_PRINT_KEY prints the key)."""
+    contexts = [
+        {},
+        {"env": {"PYTHONPATH": str(tmp_path), "PYTHONNOUSERSITE": "1", "HOME": str(tmp_path)}},
+        {"umask": 0o077},
+        {"extra_groups": [7, 3]},
+    ]
+    keys = []
+    for context in contexts:
+        env = {**os.environ, "NOVA_WARM_PRINT_KEY": "1", **context.get("env", {})}
+        options = {key: value for key, value in context.items() if key != "env"}
+        texts = [subprocess.run([client], env=env, capture_output=True, text=True, timeout=60,
+                                check=True, **options).stdout
+                 for client in (PYTHON_NOVA, compiled_nova)]
+        assert texts[0] == texts[1], context
+        keys.append(texts[0])
+    assert len(set(keys)) == len(contexts)
+    assert "flags=I0E0S0s1P0" in keys[1] and f"env.PYTHONPATH={tmp_path}" in keys[1]
+    assert "umask=77" in keys[2] and "groups=[3, 7]" in keys[3]
