@@ -159,6 +159,8 @@ def main() -> int:
         print("run as root (capsules need it)", file=sys.stderr)
         return 1
     nova = [str(Path(sys.executable).parent / "nova")]
+    # pip's script, where scripts/setup.sh put the compiled client in its place
+    python_nova = Path(sys.executable).parent / "nova-python"
     podman = shutil.which("podman")
     compose = shutil.which("podman-compose")
     results: dict[str, float] = {}
@@ -194,6 +196,9 @@ def main() -> int:
                      "--runtime", runtime, image, "/bin/true"])
             with warm_helper(nova, env, project) as warm_env:
                 compared["nova run --rm"] = Command(run_rm, warm_env, project)
+                if python_nova.exists():
+                    compared["nova run --rm, Python client"] = Command(
+                        [str(python_nova), *run_rm[1:]], warm_env, project)
                 samples = interleaved_seconds(compared, args.runs, PAUSE)
                 helper_kib = helper_rss_kib(nova, warm_env)
                 many_up, many_rss = nova_many(nova, warm_env, project, image, args.many)
@@ -218,9 +223,11 @@ def main() -> int:
             if podman:
                 subprocess.run([podman, "rmi", "-f", f"{registry.address}/bench/busybox:1"],
                                capture_output=True)
-    print(f"{'what':<32} {'median':>10}")
+    client = "the compiled client" if python_nova.exists() else "pip's Python script"
+    print(f"nova is {client} ({nova[0]})\n")
+    print(f"{'what':<46} {'median':>10}")
     for name, seconds in results.items():
-        print(f"{name:<32} {seconds * 1000:8.1f}ms")
+        print(f"{name:<46} {seconds * 1000:8.1f}ms")
     over = statistics.median(ours - crun for ours, crun in
                              zip(samples["nova run --rm"], samples["raw crun run"], strict=True))
     print(f"\nnova run --rm over raw crun: {over * 1000:+.1f} ms (target <= +30 ms: "

@@ -7,7 +7,8 @@ Measures, side by side with the floor `python3 -c pass` (same interpreter):
   * nova plan of a 200-resource NovaFile (100 volumes on the built-in `local`
     driver, 100 capsules on the test-only `fake` compute driver)
 each once as a cold Python (NOVA_WARM=0, what the targets are about) and ls and plan
-again with the warm helper users get by default (docs/architecture.md), and prints
+again with the warm helper users get by default (docs/architecture.md; with the compiled
+client where scripts/setup.sh built it, and pip's Python script beside it), and prints
 medians, the overhead over the floor and whether the targets hold (--version within
 60 ms of the floor, ls at 1000 instances within 150 ms).
 
@@ -74,9 +75,13 @@ def main() -> int:
         results.append(("python3 -c pass (floor)", floor))
         results.append(("nova --version", median_seconds([*nova, "--version"], args.runs, env)))
         results.append(("nova ls (0 instances)", median_seconds([*nova, "ls"], args.runs, env)))
+        python_nova = script.parent / "nova-python"  # pip's script, beside the compiled client
         with warm_helper(nova, env) as warm_env:
             results.append(("nova ls (0), warm helper",
                             median_seconds([*nova, "ls"], args.runs, warm_env)))
+            if python_nova.exists():
+                results.append(("nova ls (0), warm, Python client",
+                                median_seconds([str(python_nova), "ls"], args.runs, warm_env)))
         home = tmp_path / "home1000"
         fill_state(home, 1000)
         env1000 = dict(env, NOVA_HOME=str(home))
@@ -96,7 +101,7 @@ def main() -> int:
             results.append(("nova plan (200), warm helper",
                             median_seconds([*nova, "plan"], max(5, args.runs // 3), warm_env,
                                            cwd=project)))
-    print(f"{'command':<28} {'median':>9} {'over floor':>11} {'ratio':>7}  target")
+    print(f"{'command':<33} {'median':>9} {'over floor':>11} {'ratio':>7}  target")
     failed = False
     for name, seconds in results:
         over = seconds - floor
@@ -105,7 +110,7 @@ def main() -> int:
         if target is not None:
             verdict = f"<= +{target * 1000:.0f} ms: " + ("met" if over <= target else "MISSED")
             failed |= over > target
-        print(f"{name:<28} {seconds * 1000:7.1f}ms {over * 1000:+9.1f}ms {seconds / floor:6.2f}x  "
+        print(f"{name:<33} {seconds * 1000:7.1f}ms {over * 1000:+9.1f}ms {seconds / floor:6.2f}x  "
               f"{verdict}")
     return 1 if failed else 0
 
