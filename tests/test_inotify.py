@@ -36,7 +36,7 @@ def test_changes_follow_only_the_files_the_helper_imported(tmp_path: Path) -> No
     other = tmp_path / "other.py"
     for file in (imported, other):
         file.write_text("pass\n")
-    changes = _Changes({str(imported): imported.stat().st_mtime_ns})
+    changes = _Changes({str(imported): imported.stat().st_mtime_ns}, {})
     try:
         assert changes.available
         other.write_text("changed\n")  # a file it never imported, in the same folder
@@ -49,3 +49,24 @@ def test_changes_follow_only_the_files_the_helper_imported(tmp_path: Path) -> No
     finally:
         changes.close()
     assert not changes.available
+
+
+def test_changes_count_entries_added_to_a_sys_path_folder_but_not_writes(tmp_path: Path) -> None:
+    """A sys.path folder (here also the folder of an imported module): a package installed
+    there (a new entry) is a change; a file written there that the helper never imported is
+    not (the repository's folder is on sys.path in an editable install)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    imported, notes = site / "mod.py", site / "notes.txt"
+    for file in (imported, notes):
+        file.write_text("pass\n")
+    changes = _Changes({str(imported): imported.stat().st_mtime_ns},
+                       {str(site): site.stat().st_mtime_ns, str(tmp_path / "absent"): 0})
+    try:
+        assert changes.available
+        notes.write_text("written, not added\n")
+        assert not changes.seen()
+        (site / "late_plugin-1.0.dist-info").mkdir()
+        assert changes.seen()
+    finally:
+        changes.close()
