@@ -760,3 +760,104 @@ def test_a_throwaway_run_is_volatile_and_the_capsule_starts_normally_after(
         assert not root_is_volatile(done.stdout)
     finally:
         driver.delete(spec)
+
+
+def test_delete_removes_the_capsules_cgroups(driver: CapsuleDriver, tmp_path: Path) -> None:
+    """The leak check after each test sees only the cgroups of capsules that still have
+    folders; this one looks for a deleted capsule's, in every hierarchy it had."""
+    spec = container(tmp_path, name="cg")
+    driver.create(spec)
+    try:
+        driver.start(spec)
+        made = cgroup_dirs(capsule_id("capt", "cg"))
+        assert made and all(path.parent.name == "nova" for path in made), made
+        assert str(driver.status(spec).data["pid"]) in (made[0] / "cgroup.procs").read_text().split()
+    finally:
+        driver.delete(spec)
+    assert [path for path in made if path.exists()] == []
+
+
+SYSCALL_PROBE = r"""
+#include <errno.h>
+#include <stdio.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+/* calls that succeed for any process unless a seccomp filter refuses them */
+int main(void)
+{
+    long calls[][4] = {{SYS_personality, 0xffffffff, 0, 0},      /* query the persona */
+                       {SYS_keyctl, 0, -3, 0},                      /* session keyring's id */
+                       {SYS_get_mempolicy, 0, 0, 0}};
+    const char *names[] = {"personality", "keyctl", "get_mempolicy"};
+    for (int i = 0; i < 3; i++) {
+        long result = syscall(calls[i][0], calls[i][1], calls[i][2], calls[i][3], 0, 0);
+        printf("%s %d\n", names[i], result < 0 ? errno : 0);
+    }
+    return 0;
+}
+"""
+
+
+def test_the_seccomp_profile_refuses_what_capabilities_would_allow(driver: CapsuleDriver,
+                                                                   tmp_path: Path) -> None:
+    """System calls that need no capability and succeed on the host (a static probe built
+    here with gcc) fail with EPERM in a capsule: only its seccomp profile refuses them."""
+    from nova_core.novafile.values import parse_volume
+
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    (probe / "probe.c").write_text(SYSCALL_PROBE)
+    subprocess.run(["gcc", "-static", "-O1", "-o", str(probe / "probe"), str(probe / "probe.c")],
+                   check=True, capture_output=True, timeout=120)
+    host = subprocess.run([str(probe / "probe")], capture_output=True, text=True, check=True)
+    assert host.stdout.split("\n")[:3] == ["personality 0", "keyctl 0", "get_mempolicy 0"]
+    spec = container(tmp_path, name="sc", volumes=[parse_volume(f"{probe}:/probe:ro", tmp_path)])
+    driver.create(spec)
+    try:
+        driver.start(spec)
+        inside = exec_out(driver, spec, "/probe/probe")
+        assert inside.returncode == 0, inside
+        assert inside.stdout.split("\n")[:3] == ["personality 1", "keyctl 1", "get_mempolicy 1"]
+    finally:
+        driver.delete(spec)
+
+
+def test_root_filesystem_persists_across_a_reboot(driver: CapsuleDriver, running: ContainerSpec,
+                                                 capsule_home: Path) -> None:
+    """What a reboot clears, cleared by hand: every process and mount of the capsule and
+    Nova's folder on /run (a tmpfs on a real host); after it a new process (here a new
+    driver) starts the capsule. The upper dir under NOVA_HOME keeps the capsule's
+    changes, and it starts again from its records."""
+    from nova_core.hostinfo.processes import find_processes
+    from nova_core.testing.cleanup import remove_run_folders
+
+    assert exec_out(driver, running, "echo kept > /root/marker").returncode == 0
+    assert driver.stop(running, 3).state.value == "stopped"
+    files = driver.files(running)
+    files.unmount()
+    for pid, _program in find_processes(("conmon", "crun"), str(run_root(capsule_home))):
+        os.kill(pid, 9)
+    remove_run_folders(capsule_home)
+    assert not run_root(capsule_home).exists()
+    booted = CapsuleDriver("capsule", DriverContext(nova_home=capsule_home))
+    booted.start(running)
+    assert booted.status(running).state.value == "running"
+    assert exec_out(booted, running, "cat /root/marker").stdout == "kept\n"
+
+
+def test_restart_always_runs_a_capsule_again_after_a_clean_exit(driver: CapsuleDriver,
+                                                                tmp_path: Path) -> None:
+    spec = container(tmp_path, name="al", restart="always",
+                     command=["sh", "-c", "echo run; sleep 0.2; exit 0"])
+    driver.create(spec)
+    try:
+        driver.start(spec)
+        deadline = time.monotonic() + 20
+        log = driver.files(spec).log
+        while (not log.exists() or log.read_text().count(" stdout F run") < 3) and \
+                time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert log.read_text().count(" stdout F run") >= 3  # exit 0 did not end it
+        assert driver.files(spec).read().restarts >= 2
+    finally:
+        driver.delete(spec)
