@@ -466,3 +466,45 @@ def test_plain_http_only_for_loopback_and_listed_registries(tmp_path: Path) -> N
     (tmp_path / "config.toml").write_text('[images]\ninsecure_registries = "198.18.90.1:5000"\n')
     with pytest.raises(NovaError, match="insecure_registries a list"):
         load_settings(tmp_path)
+
+
+def bcrypt_hash(password: str) -> str:
+    """A bcrypt hash for an htpasswd file, from the system's libcrypt (docker-registry accepts
+    only bcrypt)."""
+    import ctypes
+
+    libcrypt = ctypes.CDLL("libcrypt.so.1")
+    libcrypt.crypt.restype = ctypes.c_char_p
+    alphabet = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+    salt = "".join(alphabet[byte % 64] for byte in os.urandom(21)) + "u"  # 22 characters, 128 bits
+    hashed = libcrypt.crypt(password.encode(), f"$2b$05${salt}".encode())
+    assert hashed and hashed.startswith(b"$2b$05$"), hashed
+    return hashed.decode()
+
+
+def test_basic_auth_against_the_real_registry(registry, tmp_path: Path) -> None:  # noqa: ANN001
+    """Debian's docker-registry with htpasswd auth, serving the session registry's storage:
+    without credentials and with a wrong password a clear error and nothing stored; with the
+    right ones the image."""
+    from nova_capsule.registry import Credentials
+    from nova_capsule.testing import LocalRegistry
+
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(f"me:{bcrypt_hash('pw')}\n")
+    folder = tmp_path / "guarded"
+    folder.mkdir()
+    (folder / "data").symlink_to(registry.folder / "data")
+    guarded = LocalRegistry(folder, htpasswd=htpasswd).start()
+    store = ImageStore(tmp_path / "images")
+    try:
+        ref = parse_reference(f"{guarded.address}/test/busybox:1")
+        with pytest.raises(NovaError, match="needs a username and password"):
+            store.pull(ref, RegistryClient(ref))
+        with pytest.raises(NovaError, match="401") as wrong:
+            store.pull(ref, RegistryClient(ref, Credentials("me", "not-pw")))
+        assert "not-pw" not in str(wrong.value)
+        assert store.images() == []
+        record = store.pull(ref, RegistryClient(ref, Credentials("me", "pw")))
+    finally:
+        guarded.stop()
+    assert record.layers and store.layer_path(record.layers[0]).is_dir()
