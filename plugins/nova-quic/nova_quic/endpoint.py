@@ -67,6 +67,7 @@ from nova_bridge.supervise import find_processes
 
 from nova_core.errors import NovaError
 from nova_core.files import replace_file
+from nova_quic import datapath as compiled
 from nova_quic.loop import KeepWarm, Loop, Timer
 from nova_quic.packets import Protection, scratch
 from nova_quic.pki import OverlayStore, PeerRefused, utcnow, verify_peer
@@ -200,6 +201,8 @@ class Link:
     rx_bytes: int = 0
     drops: int = 0
     cids: set[bytes] = field(default_factory=set)
+    slot: int | None = None  # in the compiled data path, once ready
+    installed: tuple[object, object, bytes, tuple[str, int]] | None = None  # what it was given
 
     @property
     def advertised(self) -> str:
@@ -251,6 +254,11 @@ class Endpoint:
         self.recheck_at = 0.0  # monotonic time of the next _recheck_peers
         self.stopping = False
         self.fast_path = bool(config.get("fast_path", True))
+        # the compiled data path (nova_quic.datapath) when built, else the Python one
+        self.wanted_datapath = str(config.get("datapath")
+                                   or os.environ.get("NOVA_QUIC_DATAPATH") or "compiled")
+        self.datapath: compiled.Datapath | None = None
+        self.failure = ""  # the compiled data path's thread stopped on this error
         self.gso = True  # until the kernel refuses UDP_SEGMENT
         self.vnet = False  # the TAP's frames carry virtio-net headers (offload)
         self.tap_fd = -1
@@ -299,8 +307,23 @@ class Endpoint:
         except OSError:
             pass
         self._tap_waiting, self._sock_waiting = waiting(self.tap_fd), waiting(self.sock.fileno())
-        LOG.info("%s: endpoint %s listening on %s, TAP %s on %s (mtu %d)", self.network,
-                 self.name, format_addr(self.listen), tap, bridge, self.mtu)
+        if self.fast_path and self.wanted_datapath == "compiled":
+            if compiled.load() is not None:
+                self.datapath = compiled.Datapath(self.tap_fd, self.sock.fileno(), self.vnet,
+                                                  self.max_frame, self.piece)
+            else:
+                LOG.warning("%s: the compiled data path was not built (gcc and libssl-dev "
+                            "when nova-quic is installed): frames go through Python, "
+                            "slower", self.network)
+        LOG.info("%s: endpoint %s listening on %s, TAP %s on %s (mtu %d, %s data path)",
+                 self.network, self.name, format_addr(self.listen), tap, bridge, self.mtu,
+                 self.datapath_name)
+
+    @property
+    def datapath_name(self) -> str:
+        """Which data path carries the frames: compiled, python (the fast path) or aioquic."""
+        return "compiled" if self.datapath is not None else \
+            "python" if self.fast_path else "aioquic"
 
     # -- the data path ----------------------------------------------------------------------
     def on_tap(self) -> None:
@@ -321,22 +344,26 @@ class Endpoint:
                 target.tx_bytes += len(data) - skip
                 if target.fast:
                     self._seal_message(target, data)
-                    continue
-                frame = data[skip:]
-                if len(frame) > self.max_frame or (skip and data[:2] != b"\0\0"):
-                    target.drops += 1  # offloaded frames go to fast-path peers only
-                    continue
-                quic = target.quic
-                if len(quic._datagrams_pending) >= QUEUE:
-                    target.drops += 1
-                    continue
-                quic.send_datagram_frame(frame)
-                self._dirty.add(target)
+                else:
+                    self._to_aioquic(target, data, skip)
             if not index:  # the first read leaves before the check for more: a lone frame
                 self._flush_dirty()  # (a ping, an ACK) waits for no poll
             if not more(0):
                 break
         self._flush_dirty()
+
+    def _to_aioquic(self, link: Link, data: bytes, skip: int) -> None:
+        """A frame for a peer without the fast path, as aioquic's DATAGRAM frame."""
+        frame = data[skip:]
+        if len(frame) > self.max_frame or (skip and data[:2] != b"\0\0"):
+            link.drops += 1  # offloaded frames go to fast-path peers only
+            return
+        quic = link.quic
+        if len(quic._datagrams_pending) >= QUEUE:
+            link.drops += 1
+            return
+        quic.send_datagram_frame(frame)
+        self._dirty.add(link)
 
     def _seal_message(self, link: Link, data: bytes) -> None:
         """One read from the TAP as sealed 1-RTT packets (the fast path): whole, or in
@@ -385,8 +412,8 @@ class Endpoint:
         """
         quic = link.quic
         space = quic._spaces[Epoch.ONE_RTT]
-        assert link.protection is not None
-        opened = link.protection.open(data, space.expected_packet_number)
+        opened = None if link.protection is None else \
+            link.protection.open(data, space.expected_packet_number)
         if opened is None:  # the peer's next key phase (aioquic's pair moves both ends on)...
             try:
                 header, payload, number = quic._cryptos[Epoch.ONE_RTT].decrypt_packet(
@@ -398,11 +425,16 @@ class Endpoint:
             first, number, payload = opened
         if payload[:1] != b"\x30" or first & 0x18:
             return False
+        if link.slot is not None and self.datapath is not None:
+            # one replay window, the compiled path's: it opens this link's other packets
+            if not self.datapath.received(link.slot, number):
+                return None
+        elif number <= space.largest_received_packet and (
+                number in link.unacked or number in space.received_packets):
+            return None  # a duplicate (RFC 9000 section 12.3)
         if number > space.largest_received_packet:  # in order (the usual case): new
             space.largest_received_packet = number
             space.largest_received_time = now
-        elif number in link.unacked or number in space.received_packets:
-            return None  # a duplicate (RFC 9000 section 12.3)
         if number >= space.expected_packet_number:
             space.expected_packet_number = number + 1
         link.unacked.append(number)  # for aioquic's ACKs: _record_received
@@ -420,7 +452,7 @@ class Endpoint:
         else:
             link.drops += 1
             return True
-        self.macs[message[VNET + 6:VNET + 12]] = link
+        self._learn(message[VNET + 6:VNET + 12], link)
         link.rx_packets += 1
         link.rx_bytes += len(message) - VNET
         if not self.vnet:
@@ -433,6 +465,12 @@ class Endpoint:
         except OSError:
             link.drops += 1
         return True
+
+    def _learn(self, mac: bytes, link: Link) -> None:
+        """Frames to ``mac`` go to ``link``'s peer (from now on, in either data path)."""
+        self.macs[mac] = link
+        if link.slot is not None and self.datapath is not None and len(mac) == 6:
+            self.datapath.mac(mac, link.slot)
 
     def _reassemble(self, link: Link, payload: bytes) -> bytes | None:
         """Collect the pieces of a super-frame (they come in order on one path); a gap
@@ -485,12 +523,96 @@ class Endpoint:
                 break
         for link in opened:  # aioquic's part: the idle timer, and an ACK within 25 ms
             link.received_at = now
-            if link not in self._dirty and link not in self._acking:
-                self._acking.add(link)  # one timer for all: get_timer per packet costs
-                if self._ack_round is None:
-                    assert self.loop is not None
-                    self._ack_round = self.loop.call_later(ACK_DELAY, self._send_acks)
+            self._ack_soon(link)
         self._flush_dirty()
+
+    def _ack_soon(self, link: Link) -> None:
+        """Let aioquic acknowledge the link's fast-path packets within ACK_DELAY."""
+        if link not in self._dirty and link not in self._acking:
+            self._acking.add(link)  # one timer for all: get_timer per packet costs
+            if self._ack_round is None:
+                assert self.loop is not None
+                self._ack_round = self.loop.call_later(ACK_DELAY, self._send_acks)
+
+    def on_channel(self) -> None:
+        """Messages of the compiled data path's thread (datapath.c says which)."""
+        assert self.datapath is not None
+        channel, now = self.datapath.channel, time.monotonic()
+        opened: set[Link] = set()  # type: ignore[misc]
+        slots = {link.slot: link for link in self.peers.values() if link.slot is not None}
+        for _ in range(BATCH):
+            try:
+                message = channel.recv(1 << 17)
+            except BlockingIOError:
+                break
+            kind = message[:1]
+            if kind == b"U":  # a datagram for aioquic
+                size = message[1]
+                self._datagram(message[2 + size:], compiled.from_sockaddr(message[2:2 + size]),
+                               now, opened)
+                continue
+            if kind == b"E":
+                self.failure = message[1:].decode(errors="replace")
+                LOG.error("%s: the compiled data path stopped: %s", self.network, self.failure)
+                assert self.loop is not None
+                self.loop.stop()
+                return
+            slot = message[1] if len(message) > 1 else -1
+            link = slots.get(slot)
+            if kind == b"A" and link is not None:  # it opened packets: ACK them soon
+                self._ack_soon(link)
+            elif kind == b"K" and link is not None:  # time for a key update
+                link.quic._cryptos[Epoch.ONE_RTT].update_key()
+                link.quic.send_ping(0)  # a packet that takes the new keys at once
+                self._dirty.add(link)
+            elif kind == b"T":  # a frame for peers without the fast path
+                targets = [link] if link is not None else \
+                    [p for p in self.peers.values() if not p.fast] if slot == compiled.ALL else []
+                for target in targets:  # (counted by the thread)
+                    self._to_aioquic(target, message[2:], VNET if self.vnet else 0)
+        for link in opened:
+            link.received_at = now
+            self._ack_soon(link)
+        for link in slots.values():
+            self._sync(link)  # aioquic may have taken the peer's key update
+        self._flush_dirty()
+
+    def _attach(self, link: Link) -> None:
+        """Give a link whose peer said hello to the compiled data path: its 1-RTT keys,
+        our connection ids, its next packet number, the peer's connection id and address."""
+        assert self.datapath is not None
+        quic, dp = link.quic, self.datapath
+        pair, space = quic._cryptos[Epoch.ONE_RTT], quic._spaces[Epoch.ONE_RTT]
+        with dp.locked():
+            link.slot = dp.add_link(link.fast, pair.send, pair.recv, quic._packet_number,
+                                    space.largest_received_packet)
+            for cid in link.cids:
+                dp.cid(link.slot, cid)
+            link.installed = None
+            self._sync(link)
+
+    def _sync(self, link: Link) -> None:
+        """Give the compiled data path what changed in aioquic: keys after a key update,
+        the peer's connection id, its address."""
+        if link.slot is None or self.datapath is None:
+            return
+        quic, dp = link.quic, self.datapath
+        pair = quic._cryptos[Epoch.ONE_RTT]
+        cid, addr = quic._peer_cid.cid, quic._network_paths[0].addr
+        installed = link.installed
+        if installed is not None and installed[0] is pair.send.secret \
+                and installed[1] is pair.recv.secret and installed[2] == cid \
+                and installed[3] == addr:
+            return
+        with dp.locked():
+            if installed is not None and installed[0] is not pair.send.secret:
+                _suite, phase, key, iv, _hp = compiled.packet_keys(pair.send)
+                dp.keys(link.slot, True, phase, key, iv)
+            if installed is not None and installed[1] is not pair.recv.secret:
+                _suite, phase, key, iv, _hp = compiled.packet_keys(pair.recv)
+                dp.keys(link.slot, False, phase, key, iv)
+            dp.peer(link.slot, cid, addr)
+        link.installed = (pair.send.secret, pair.recv.secret, cid, addr)
 
     def _exercise(self) -> None:
         """What a packet of the data path runs, with throwaway keys (KeepWarm): seal, open,
@@ -507,14 +629,15 @@ class Endpoint:
         acking, self._acking = self._acking, set()
         for link in acking:
             if link.cids:
+                self._record_received(link)
                 self._idle_from_fast_path(link)
                 self._flush(link)
 
-    @staticmethod
-    def _record_received(link: Link) -> None:
+    def _record_received(self, link: Link) -> None:
         """Record the fast path's packets in aioquic's ACK queue and duplicate window, as
         its receive path does for each of its own; done before aioquic looks at them
-        (before it takes a packet, before it sends), not per packet."""
+        (before it takes a packet, before it sends), not per packet. The compiled data
+        path keeps its own duplicate window; its numbers go to the ACK queue."""
         numbers, link.unacked = link.unacked, []
         space = link.quic._spaces[Epoch.ONE_RTT]
         if space.discarded:
@@ -525,6 +648,23 @@ class Endpoint:
             window.add(number)
             if len(queue) > MAX_ACK_RANGES:
                 queue.shift()
+        if link.slot is None or self.datapath is None:
+            return
+        ranges, largest, largest_time, last = self.datapath.drain(link.slot)
+        if last:
+            link.received_at = max(link.received_at, last)
+        if not ranges:
+            return
+        for start, stop in ranges:
+            queue.add(start, stop)
+        while len(queue) > MAX_ACK_RANGES:
+            queue.shift()
+        if largest > space.largest_received_packet:
+            space.largest_received_packet = largest
+            space.largest_received_time = largest_time
+        space.expected_packet_number = max(space.expected_packet_number, largest + 1)
+        if space.ack_at is None:
+            space.ack_at = time.monotonic()  # ACK_DELAY has passed for the first of them
 
     @staticmethod
     def _idle_from_fast_path(link: Link) -> None:
@@ -563,7 +703,7 @@ class Endpoint:
                     opened.add(link)  # its ACK and idle timer: after the batch
                 if taken is not False:
                     return
-        if link.unacked:
+        if link.unacked or link.slot is not None:
             self._record_received(link)  # aioquic's duplicate check sees them
         link.quic.receive_datagram(data, addr, now)
         self._events(link)
@@ -585,9 +725,18 @@ class Endpoint:
         sock = self.sock
         if link.out:
             self._send_sealed(link, link.quic._network_paths[0].addr)
-        if link.unacked:
+        if link.unacked or link.slot is not None:
             self._record_received(link)  # the ACK aioquic builds covers them
-        for data, addr in link.quic.datagrams_to_send(now=time.monotonic()):
+        quic, dp = link.quic, self.datapath
+        if link.slot is not None and dp is not None:
+            with dp.locked():  # aioquic's packets take their numbers from the thread's
+                quic._packet_number = dp.pn(link.slot)
+                datagrams = quic.datagrams_to_send(now=time.monotonic())
+                dp.set_pn(link.slot, quic._packet_number)
+                self._sync(link)  # a key update aioquic just made
+        else:
+            datagrams = quic.datagrams_to_send(now=time.monotonic())
+        for data, addr in datagrams:
             try:
                 sock.sendto(data, addr)
             except (BlockingIOError, OSError):
@@ -642,6 +791,8 @@ class Endpoint:
 
     def _on_timer(self, link: Link) -> None:
         link.timer = link.timer_at = None
+        if link.slot is not None:
+            self._record_received(link)  # the compiled path's packets: the idle timer too
         self._idle_from_fast_path(link)
         link.quic.handle_timer(now=time.monotonic())
         self._events(link)
@@ -679,6 +830,8 @@ class Endpoint:
         self.links[cid] = link
         link.cids.add(cid)
         self.all_links.add(link)
+        if link.slot is not None and self.datapath is not None:
+            self.datapath.cid(link.slot, cid)
 
     def _forget(self, link: Link) -> None:
         for cid in link.cids:
@@ -686,6 +839,9 @@ class Endpoint:
                 del self.links[cid]
         link.cids.clear()
         self.all_links.discard(link)
+        if link.slot is not None and self.datapath is not None:
+            self.datapath.remove(link.slot)  # its connection ids and MACs go with it
+            link.slot = None
         if link.timer is not None:
             link.timer.cancel()
             link.timer = None
@@ -702,7 +858,7 @@ class Endpoint:
             if isinstance(event, DatagramFrameReceived):
                 if link.ready:
                     frame = event.data
-                    self.macs[frame[6:12]] = link
+                    self._learn(frame[6:12], link)
                     link.rx_packets += 1
                     link.rx_bytes += len(frame)
                     try:
@@ -723,6 +879,8 @@ class Endpoint:
                 link.cids.discard(event.connection_id)
                 if self.links.get(event.connection_id) is link:
                     del self.links[event.connection_id]
+                if link.slot is not None and self.datapath is not None:
+                    self.datapath.cid(link.slot, event.connection_id, add=False)
             elif isinstance(event, ConnectionTerminated):
                 self._terminated(link, event)
 
@@ -815,7 +973,7 @@ class Endpoint:
         elif kind == "macs":
             for mac in message.get("macs", []):
                 try:
-                    self.macs[bytes.fromhex(mac)] = link
+                    self._learn(bytes.fromhex(mac), link)
                 except ValueError:
                     continue
         elif kind == "crl":
@@ -851,7 +1009,10 @@ class Endpoint:
                               "port": self.listen[1], "fast": 1})
         link.ready = True
         link.fast = message.get("fast") == 1 and self.fast_path
-        if link.protection is None:  # before any key update (nova_quic.packets)
+        if self.datapath is not None:
+            if link.slot is None:
+                self._attach(link)
+        elif link.protection is None:  # before any key update (nova_quic.packets)
             pair = link.quic._cryptos[Epoch.ONE_RTT]
             link.protection = Protection(pair, CID_LENGTH)
             if self._scratch is None and pair.send.cipher_suite is not None:
@@ -1001,6 +1162,8 @@ class Endpoint:
             self.records = records
             for link in self.peers.values():
                 self._send(link, {"t": "records", "lines": records})
+        if self.datapath is not None:
+            self.local_macs = self.datapath.local_macs()
         macs = frozenset(self.local_macs)
         if macs != self.sent_macs:
             self.sent_macs = macs
@@ -1019,12 +1182,15 @@ class Endpoint:
         """What ``nova net inspect`` shows."""
         peers = []
         for name, link in sorted(self.peers.items()):
+            counts = [link.tx_packets, link.tx_bytes, link.rx_packets, link.rx_bytes, link.drops]
+            if link.slot is not None and self.datapath is not None:
+                counts = [a + b for a, b in zip(counts, self.datapath.stats(link.slot),
+                                                strict=True)]
             peers.append({"name": name, "addr": link.advertised, "state": "connected",
                           "dialed": link.dialed,
                           "rtt_ms": round(link.quic._loss._rtt_smoothed * 1000, 3),
-                          "tx_packets": link.tx_packets, "tx_bytes": link.tx_bytes,
-                          "rx_packets": link.rx_packets, "rx_bytes": link.rx_bytes,
-                          "drops": link.drops,
+                          "tx_packets": counts[0], "tx_bytes": counts[1],
+                          "rx_packets": counts[2], "rx_bytes": counts[3], "drops": counts[4],
                           "since": round(time.time() - (time.monotonic() - link.started), 3)})
         for target in self.targets.values():  # a dial under way is still "connecting"
             if target.addr in self.own_addrs or self._connected_to(target.addr, dialing=False):
@@ -1036,6 +1202,8 @@ class Endpoint:
         return {"network": self.network, "hostname": self.name, "index": self.identity.index,
                 "boot": self.boot, "pid": os.getpid(), "listen": format_addr(self.listen),
                 "tap": self.config["tap"], "mtu": self.mtu, "updated": time.time(),
+                "datapath": self.datapath_name,
+                "channel_drops": self.datapath.stats(-1)[4] if self.datapath is not None else 0,
                 "peers": peers, "refused": list(self.refused.values())}
 
     def write_status(self) -> None:
@@ -1060,13 +1228,21 @@ class Endpoint:
                 loop.add_signal_handler(signum, loop.stop)
             self.open()
             assert self.sock is not None
-            self._warm = KeepWarm(loop, self._exercise, WARM_EVERY, WARM_FOR)
-            loop.add_reader(self.tap_fd, self.on_tap)
-            loop.add_reader(self.sock.fileno(), self.on_socket)
+            if self.datapath is not None:  # its thread reads the TAP and the socket
+                loop.add_reader(self.datapath.channel.fileno(), self.on_channel)
+                self.datapath.start()
+            else:
+                self._warm = KeepWarm(loop, self._exercise, WARM_EVERY, WARM_FOR)
+                loop.add_reader(self.tap_fd, self.on_tap)
+                loop.add_reader(self.sock.fileno(), self.on_socket)
             self._periodic()
             loop.run()
+            if self.failure:
+                raise OSError(f"the compiled data path stopped: {self.failure}")
             self.shutdown()
         finally:
+            if self.datapath is not None:
+                self.datapath.close()
             loop.close()
 
     def _periodic(self) -> None:

@@ -108,7 +108,7 @@ def test_a_frame_in_the_peers_next_key_phase_reaches_the_tap_whole(tmp_path: Pat
                      protection=Protection(server._cryptos[Epoch.ONE_RTT], CID_LENGTH))
     read_end, write_end = os.pipe()
     endpoint = Endpoint.__new__(Endpoint)  # only what _open uses: no TAP, socket or loop
-    endpoint.vnet, endpoint.tap_fd, endpoint.macs = True, write_end, {}
+    endpoint.vnet, endpoint.tap_fd, endpoint.macs, endpoint.datapath = True, write_end, {}, None
     try:
         frame = bytes(VNET) + bytes.fromhex("020000000002" "020000000001" "0800") + b"x" * 50
         expected = server._spaces[Epoch.ONE_RTT].expected_packet_number
@@ -134,7 +134,7 @@ def _receiving(server: _Connection) -> tuple[Endpoint, Link, int, int]:
     read_end, write_end = ours.detach(), theirs.detach()
     os.set_blocking(read_end, False)
     endpoint = Endpoint.__new__(Endpoint)  # no TAP, socket or loop of its own
-    endpoint.vnet, endpoint.tap_fd, endpoint.macs = True, write_end, {}
+    endpoint.vnet, endpoint.tap_fd, endpoint.macs, endpoint.datapath = True, write_end, {}, None
     return endpoint, link, read_end, write_end
 
 
@@ -168,7 +168,7 @@ def test_a_replayed_packet_never_reaches_the_tap(tmp_path: Path) -> None:
         assert endpoint._open(link, packets[first + 1], now=1000.0) is None  # not yet recorded
         assert endpoint._open(link, packets[first + 3], now=1000.0) is None  # the largest
         assert _tap_frames(read_end) == []
-        Endpoint._record_received(link)
+        endpoint._record_received(link)
         assert link.unacked == []
         assert endpoint._open(link, packets[first + 2], now=1000.0) is None  # recorded now
         assert _tap_frames(read_end) == []
