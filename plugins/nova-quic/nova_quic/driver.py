@@ -227,6 +227,7 @@ class QuicDriver(BridgeDriver):
             info.update({"overlay_host": status.get("hostname"),
                          "overlay_listen": status.get("listen"),
                          "overlay_tap": status.get("tap"), "overlay_mtu": status.get("mtu"),
+                         "overlay_datapath": status.get("datapath"),
                          "peers": status.get("peers", []),
                          "refused": status.get("refused", [])})
         else:

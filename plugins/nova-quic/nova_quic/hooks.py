@@ -21,8 +21,20 @@ def nova_cli_commands() -> list[Any]:
 
 @hookimpl
 def nova_doctor_checks() -> list[CheckResult]:
-    """The TUN/TAP device the overlay endpoint needs."""
+    """The TUN/TAP device the overlay endpoint needs, and its compiled data path."""
+    from nova_quic import datapath
+
     tun = os.path.exists("/dev/net/tun")
+    try:
+        built = datapath.load() is not None
+        problem = "not built"
+    except OSError as error:  # built, but it does not load (libcrypto missing?)
+        built, problem = False, f"does not load: {error}"
     return [CheckResult(CATEGORY, "/dev/net/tun", "ok" if tun else "fail",
                         "present" if tun else "missing: the overlay needs TAP devices",
-                        None if tun else "modprobe tun")]
+                        None if tun else "modprobe tun"),
+            CheckResult(CATEGORY, "compiled data path", "ok" if built else "warn",
+                        "built" if built else f"{problem}: overlay frames go through Python "
+                        "(several times slower)",
+                        None if built else "apt-get install gcc libssl-dev, then reinstall "
+                        "nova-quic (pip install --force-reinstall --no-deps nova-quic)")]

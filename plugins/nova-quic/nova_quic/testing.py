@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -19,9 +20,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from aioquic.buffer import Buffer
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.events import HandshakeCompleted
+from aioquic.quic.packet import pull_quic_header
+
 from nova_core.hostinfo import netns
 from nova_core.hostinfo.processes import command_lines
+from nova_quic.endpoint import ALPN, CID_LENGTH, _Connection
+from nova_quic.pki import Identity, OverlayStore, write_bundle
 
+ADDR = ("192.0.2.1", 4433)  # where connected()'s peers seem to be (no packet goes there)
 LOOP = "trap 'exit 0' TERM; while true; do sleep 1; done"
 
 
@@ -76,8 +85,10 @@ def underlay(tag: str, count: int, prefix: str, mtu: int = 1500) -> Iterator[lis
 class Site:
     """One host's Nova: NOVA_HOME, a project folder, the CLI inside the host."""
 
-    def __init__(self, host: Host, root: Path, busybox: Path) -> None:
+    def __init__(self, host: Host, root: Path, busybox: Path,
+                 env: dict[str, str] | None = None) -> None:
         self.host = host
+        self.env = env or {}  # more environment for its nova commands (and so its endpoint)
         self.home = root / f"{host.name}-home"
         self.folder = root / f"{host.name}-site"
         self.home.mkdir(parents=True)
@@ -90,7 +101,7 @@ class Site:
         """``nova ARGS`` in the project folder, inside the host's namespace."""
         done = subprocess.run(["nsenter", f"--net={self.host.path}", sys.executable, "-m",
                                "nova_core.cli.main", *args], cwd=self.folder,
-                              env=dict(os.environ, NOVA_HOME=str(self.home)),
+                              env=dict(os.environ, NOVA_HOME=str(self.home), **self.env),
                               capture_output=True, text=True, timeout=timeout,
                               stdin=subprocess.DEVNULL)
         if check:
@@ -146,3 +157,39 @@ def endpoint_processes(home: Path) -> list[int]:
     """PIDs of overlay endpoints (and their loops) of NOVA_HOME ``home`` (one /proc scan)."""
     return [pid for pid, argv in command_lines()
             if str(home) in (line := "\0".join(argv)) and "nova_quic.endpoint" in line]
+
+
+def _configuration(identity: Identity, is_client: bool) -> QuicConfiguration:
+    configuration = QuicConfiguration(is_client=is_client, alpn_protocols=[ALPN],
+                                      connection_id_length=CID_LENGTH, idle_timeout=10.0,
+                                      max_datagram_frame_size=65536, verify_mode=ssl.CERT_NONE)
+    configuration.load_cert_chain(identity.cert_path, identity.key_path)
+    return configuration
+
+
+def connected(tmp_path: Path) -> tuple[_Connection, _Connection]:
+    """A client and a server connection after their handshake, datagrams passed by hand
+    in memory: certificates from a CA made in ``tmp_path``, mutual TLS as between hosts."""
+    alpha = OverlayStore(tmp_path / "a").init_ca("mesh", "alpha")
+    bundle = tmp_path / "beta.bundle"
+    write_bundle(bundle, OverlayStore(tmp_path / "a").issue("mesh", "beta"))
+    beta = OverlayStore(tmp_path / "b").join(bundle)
+    client = _Connection(configuration=_configuration(beta, is_client=True))
+    now = 1000.0
+    client.connect(ADDR, now=now)
+    first = client.datagrams_to_send(now=now)
+    cid = pull_quic_header(Buffer(data=first[0][0]), host_cid_length=CID_LENGTH).destination_cid
+    server = _Connection(configuration=_configuration(alpha, is_client=False),
+                         original_destination_connection_id=cid)
+    done: set[int] = set()
+    outgoing = {id(client): first}
+    for _ in range(10):
+        for sender, receiver in ((client, server), (server, client)):
+            for data, _addr in outgoing.pop(id(sender), None) or sender.datagrams_to_send(now=now):
+                receiver.receive_datagram(data, ADDR, now=now)
+            while (event := receiver.next_event()) is not None:
+                if isinstance(event, HandshakeCompleted):
+                    done.add(id(receiver))
+        if len(done) == 2:
+            return client, server
+    raise AssertionError("no handshake")

@@ -6,54 +6,13 @@ from __future__ import annotations
 
 import os
 import socket
-import ssl
 from pathlib import Path
 
 from aioquic.buffer import Buffer
-from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.events import HandshakeCompleted
-from aioquic.quic.packet import pull_quic_header
 from aioquic.tls import Epoch
-from nova_quic.endpoint import ALPN, CID_LENGTH, VNET, Endpoint, Link, _Connection, waiting
+from nova_quic.endpoint import CID_LENGTH, VNET, Endpoint, Link, _Connection, waiting
 from nova_quic.packets import Protection
-from nova_quic.pki import Identity, OverlayStore, write_bundle
-
-ADDR = ("192.0.2.1", 4433)
-
-
-def _configuration(identity: Identity, is_client: bool) -> QuicConfiguration:
-    configuration = QuicConfiguration(is_client=is_client, alpn_protocols=[ALPN],
-                                      connection_id_length=CID_LENGTH, idle_timeout=10.0,
-                                      max_datagram_frame_size=65536, verify_mode=ssl.CERT_NONE)
-    configuration.load_cert_chain(identity.cert_path, identity.key_path)
-    return configuration
-
-
-def connected(tmp_path: Path) -> tuple[_Connection, _Connection]:
-    """A client and a server connection after their handshake, datagrams passed by hand."""
-    alpha = OverlayStore(tmp_path / "a").init_ca("mesh", "alpha")
-    bundle = tmp_path / "beta.bundle"
-    write_bundle(bundle, OverlayStore(tmp_path / "a").issue("mesh", "beta"))
-    beta = OverlayStore(tmp_path / "b").join(bundle)
-    client = _Connection(configuration=_configuration(beta, is_client=True))
-    now = 1000.0
-    client.connect(ADDR, now=now)
-    first = client.datagrams_to_send(now=now)
-    cid = pull_quic_header(Buffer(data=first[0][0]), host_cid_length=CID_LENGTH).destination_cid
-    server = _Connection(configuration=_configuration(alpha, is_client=False),
-                         original_destination_connection_id=cid)
-    done: set[int] = set()
-    outgoing = {id(client): first}
-    for _ in range(10):
-        for sender, receiver in ((client, server), (server, client)):
-            for data, _addr in outgoing.pop(id(sender), None) or sender.datagrams_to_send(now=now):
-                receiver.receive_datagram(data, ADDR, now=now)
-            while (event := receiver.next_event()) is not None:
-                if isinstance(event, HandshakeCompleted):
-                    done.add(id(receiver))
-        if len(done) == 2:
-            return client, server
-    raise AssertionError("no handshake")
+from nova_quic.testing import ADDR, connected
 
 
 def test_fast_path_packets_move_aioquics_idle_timeout_when_it_looks(tmp_path: Path) -> None:

@@ -100,6 +100,7 @@ def test_three_hosts_share_one_encrypted_network(tmp_path: Path, busybox: Path) 
             gamma.wait_connected("mesh", {"alpha", "beta"})
             info = alpha.inspect("mesh")
             assert info["host"]["overlay_mtu"] == 1380
+            assert info["host"]["overlay_datapath"] == "compiled"
             # host i: gateway .i, instances from the i-th sixteenth of the subnet
             assert alpha.capsule_netns("mesh", "c0")[1] == "10.254.10.16"
             assert gamma.capsule_netns("mesh", "c2")[1] == "10.254.10.48"
@@ -202,6 +203,71 @@ def test_three_hosts_share_one_encrypted_network(tmp_path: Path, busybox: Path) 
             assert "10.254.10.16" in alpha.exec("c0", "nslookup c0 10.254.10.1").stdout  # DNS works
             assert alpha.connected("mesh") == {"beta"}
             _down([alpha, beta])
+            _no_leftovers(sites)
+        finally:
+            _down(sites)
+
+
+def _transfer(server: Site, client: Site, name: str, port: int, size: int) -> None:
+    """``size`` random bytes over HTTP from capsule c0 of ``server`` (busybox httpd) to
+    ``client``'s c0 (wget from ``name``), which gets them all, unchanged."""
+    served = server.exec("c0", f"mkdir -p /tmp/www && head -c {size} /dev/urandom > /tmp/www/b"
+                               f" && md5sum < /tmp/www/b && httpd -p {port} -h /tmp/www")
+    assert served.returncode == 0, served.stdout + served.stderr
+    got = client.exec("c0", f"wget -qO /tmp/b http://{name}:{port}/b && wc -c < /tmp/b"
+                            " && md5sum < /tmp/b", timeout=60)
+    assert got.returncode == 0, got.stdout + got.stderr
+    assert got.stdout.split()[:2] == [str(size), served.stdout.split()[0]]
+
+
+def test_hosts_with_and_without_the_compiled_data_path_interoperate(tmp_path: Path,
+                                                                     busybox: Path) -> None:
+    """alpha's endpoint carries frames in C (nova_quic/datapath.c), beta's in Python (as
+    where the library was not built): names, pings and TCP transfers both ways, with
+    super-frames cut into pieces by one and put together by the other. Then beta's
+    endpoint freezes: alpha's keepalives find the peer dead, and when it thaws both
+    sides connect again."""
+    with underlay("ovlm", 2, "198.18.83") as hosts:
+        alpha = Site(hosts[0], tmp_path, busybox)
+        beta = Site(hosts[1], tmp_path, busybox, env={"NOVA_QUIC_DATAPATH": "python"})
+        sites = [alpha, beta]
+        try:
+            alpha.nova("overlay", "ca", "init", "mesh", "--host", "alpha",
+                       "--peer", f"{alpha.host.address}:4433", check=True)
+            bundle = tmp_path / "beta.bundle"
+            alpha.nova("overlay", "issue", "mesh", "beta", "-o", str(bundle), check=True)
+            beta.nova("overlay", "join", str(bundle), check=True)
+            for index, site in enumerate(sites):
+                site.novafile(f"mixed{index}", NETWORK.format(listen=site.host.address), ["c0"])
+                site.nova("up", check=True)
+            alpha.wait_connected("mesh", {"beta"})
+            beta.wait_connected("mesh", {"alpha"})
+            assert alpha.inspect("mesh")["host"]["overlay_datapath"] == "compiled"
+            assert beta.inspect("mesh")["host"]["overlay_datapath"] == "python"
+            done = alpha.exec("c0", "ping -c2 -W3 c0.mixed1.nova")
+            assert done.returncode == 0, done.stdout + done.stderr
+            _transfer(alpha, beta, "c0.mixed0.nova", 7100, 8_000_000)
+            _transfer(beta, alpha, "c0.mixed1.nova", 7101, 8_000_000)
+
+            # a peer that stops answering (a frozen process, a cut cable) is found dead
+            # by the keepalives within the idle timeout, and comes back when it answers
+            frozen = int(beta.inspect("mesh")["host"]["overlay_endpoint_pid"])
+            os.kill(frozen, signal.SIGSTOP)
+            try:
+                alpha.wait_connected("mesh", set(), timeout=20)
+                states = {p["addr"]: p["state"] for p in alpha.inspect("mesh")["host"]["peers"]}
+                assert states == {f"{beta.host.address}:4433": "connecting"}
+            finally:
+                os.kill(frozen, signal.SIGCONT)
+            alpha.wait_connected("mesh", {"beta"}, timeout=30)
+            beta.wait_connected("mesh", {"alpha"}, timeout=30)
+            assert int(beta.inspect("mesh")["host"]["overlay_endpoint_pid"]) == frozen
+            done = beta.exec("c0", "ping -c1 -W3 c0.mixed0.nova")
+            assert done.returncode == 0, done.stdout + done.stderr
+            for site in sites:
+                log = Path(str(site.inspect("mesh")["host"]["overlay_log"])).read_text()
+                assert " ERROR " not in log, log
+            _down(sites)
             _no_leftovers(sites)
         finally:
             _down(sites)
