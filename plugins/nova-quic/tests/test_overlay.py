@@ -122,8 +122,11 @@ def test_three_hosts_share_one_encrypted_network(tmp_path: Path, busybox: Path) 
             # the underlay carries no plaintext
             marker = "NOVA-PLAINTEXT-" + os.urandom(8).hex()
             capture = tmp_path / "underlay.pcap"
-            dump = subprocess.Popen(["nsenter", f"--net={alpha.host.path}", "tcpdump", "-i",
-                                     "eth0", "-U", "-n", "-w", str(capture), "udp"],
+            # --immediate-mode: else the kernel hands packets over in blocks retired after
+            # a second, and those of the last block before tcpdump stops are lost
+            dump = subprocess.Popen(["nsenter", f"--net={alpha.host.path}", "tcpdump",
+                                     "--immediate-mode", "-i", "eth0", "-U", "-n", "-w",
+                                     str(capture), "udp"],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             listener = None
             try:
