@@ -16,6 +16,11 @@ control messages, one JSON object per line:
     crl      {"t": "crl", "pem": "..."}                the newest revocation list
     bye      {"t": "bye"}                              leaving for good (nova down)
 
+Data path: where nova_quic/datapath.c was built (pip builds it with the package), a
+thread in C carries the frames between the TAP and the socket as sealed 1-RTT packets
+and hands everything else to this process's aioquic (nova_quic.datapath); elsewhere,
+or with NOVA_QUIC_DATAPATH=python, the Python fast path below does the same work.
+
 Trust: mutual TLS 1.3 with certificates from the network's CA (nova_quic.pki). The
 library checks that each side holds its certificate's key; :func:`verify_peer`
 then checks issuer, validity and revocation before a single frame or message of
