@@ -321,3 +321,36 @@ def test_without_the_library_the_endpoint_says_why(tmp_path: Path,
 def test_the_library_is_built() -> None:
     """setup.sh installs gcc and libssl-dev: pip builds the library with nova-quic."""
     assert compiled.library_path() is not None and compiled.load() is not None
+
+
+def test_a_full_channel_drops_and_counts_and_frames_keep_crossing(tmp_path: Path) -> None:
+    """The channel to the endpoint is bounded (4 MiB): while the endpoint does not read
+    it, what does not fit is dropped and counted (``channel_drops`` in the status), the
+    frames between TAP and peer keep flowing, and once read it carries messages again."""
+    client, server = connected(tmp_path)
+    with sides(2) as (a, b):
+        a.attach(client, b.addr)
+        b.attach(server, a.addr)
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        handshake = b"\xc0" + bytes(1250)
+        for _ in range(8000):  # far more than fits (each message holds about 2 KiB)
+            sender.sendto(handshake, b.addr)
+            time.sleep(0)
+        deadline = time.monotonic() + 5
+        while b.dp.stats(-1)[4] == 0:
+            assert time.monotonic() < deadline, "nothing dropped: the channel is unbounded?"
+            time.sleep(0.05)
+        a.tap.send(_frame(B_MAC, A_MAC, b"still" * 20))
+        assert b.frames() == [_frame(B_MAC, A_MAC, b"still" * 20)]
+        queued = 0
+        while True:
+            try:
+                b.dp.channel.recv(1 << 17)
+            except BlockingIOError:
+                break
+            queued += 1
+        dropped = b.dp.stats(-1)[4]
+        assert queued > 100 and queued + dropped <= 8000 + 2  # (and an 'A' or two)
+        sender.sendto(handshake, b.addr)
+        assert b.messages(kinds=b"U") and b.dp.stats(-1)[4] == dropped
+        sender.close()
