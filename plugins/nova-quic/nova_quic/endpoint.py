@@ -844,18 +844,29 @@ class Endpoint:
                 del self.links[cid]
         link.cids.clear()
         self.all_links.discard(link)
-        if link.slot is not None and self.datapath is not None:
-            self.datapath.remove(link.slot)  # its connection ids and MACs go with it
-            link.slot = None
         if link.timer is not None:
             link.timer.cancel()
             link.timer = None
-        if link.name and self.peers.get(link.name) is link:
-            del self.peers[link.name]
-            for mac in [m for m, owner in self.macs.items() if owner is link]:
-                del self.macs[mac]
-            self._write_peer_records(link.name, None)
+        if self._cut(link):
             LOG.info("%s: peer %s (%s) left", self.network, link.name, link.advertised)
+
+    def _cut(self, link: Link, records: bool = True) -> bool:
+        """No frame goes to or comes from ``link`` any more, from now on, while its
+        connection closes (revoked, replaced, gone): out of the peers and the compiled
+        data path, its MACs and (with ``records``) its DNS records forgotten. True if it
+        was a peer."""
+        link.ready = False
+        if link.slot is not None and self.datapath is not None:
+            self.datapath.remove(link.slot)  # its connection ids and MACs go with it
+            link.slot = None
+        if not link.name or self.peers.get(link.name) is not link:
+            return False
+        del self.peers[link.name]
+        for mac in [m for m, owner in self.macs.items() if owner is link]:
+            del self.macs[mac]
+        if records:
+            self._write_peer_records(link.name, None)
+        return True
 
     def _events(self, link: Link) -> None:
         quic = link.quic
@@ -1005,8 +1016,7 @@ class Endpoint:
                     link.quic.close(error_code=0, reason_phrase="duplicate")
                     self._dirty.add(link)
                     return
-            existing.ready = False
-            self.peers.pop(name, None)
+            self._cut(existing, records=False)  # the new connection brings them again
             existing.quic.close(error_code=0, reason_phrase="replaced")
             self._dirty.add(existing)
         if not link.dialed:
@@ -1137,6 +1147,7 @@ class Endpoint:
                 self.refused[format_addr(link.addr)] = {
                     "addr": format_addr(link.addr), "reason": str(refusal), "at": time.time(),
                     "by": "us"}
+                self._cut(link)  # at once, not when the close is done
                 link.quic.close(error_code=0x100, reason_phrase=f"refused: {refusal}")
                 self._dirty.add(link)
             else:

@@ -24,6 +24,7 @@ from aioquic.buffer import Buffer
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import HandshakeCompleted
 from aioquic.quic.packet import pull_quic_header
+from aioquic.tls import CipherSuite
 
 from nova_core.hostinfo import netns
 from nova_core.hostinfo.processes import command_lines
@@ -159,27 +160,31 @@ def endpoint_processes(home: Path) -> list[int]:
             if str(home) in (line := "\0".join(argv)) and "nova_quic.endpoint" in line]
 
 
-def _configuration(identity: Identity, is_client: bool) -> QuicConfiguration:
+def _configuration(identity: Identity, is_client: bool,
+                   suite: CipherSuite | None = None) -> QuicConfiguration:
     configuration = QuicConfiguration(is_client=is_client, alpn_protocols=[ALPN],
                                       connection_id_length=CID_LENGTH, idle_timeout=10.0,
                                       max_datagram_frame_size=65536, verify_mode=ssl.CERT_NONE)
     configuration.load_cert_chain(identity.cert_path, identity.key_path)
+    if suite is not None:
+        configuration.cipher_suites = [suite]
     return configuration
 
 
-def connected(tmp_path: Path) -> tuple[_Connection, _Connection]:
+def connected(tmp_path: Path,
+              suite: CipherSuite | None = None) -> tuple[_Connection, _Connection]:
     """A client and a server connection after their handshake, datagrams passed by hand
     in memory: certificates from a CA made in ``tmp_path``, mutual TLS as between hosts."""
     alpha = OverlayStore(tmp_path / "a").init_ca("mesh", "alpha")
     bundle = tmp_path / "beta.bundle"
     write_bundle(bundle, OverlayStore(tmp_path / "a").issue("mesh", "beta"))
     beta = OverlayStore(tmp_path / "b").join(bundle)
-    client = _Connection(configuration=_configuration(beta, is_client=True))
+    client = _Connection(configuration=_configuration(beta, is_client=True, suite=suite))
     now = 1000.0
     client.connect(ADDR, now=now)
     first = client.datagrams_to_send(now=now)
     cid = pull_quic_header(Buffer(data=first[0][0]), host_cid_length=CID_LENGTH).destination_cid
-    server = _Connection(configuration=_configuration(alpha, is_client=False),
+    server = _Connection(configuration=_configuration(alpha, is_client=False, suite=suite),
                          original_destination_connection_id=cid)
     done: set[int] = set()
     outgoing = {id(client): first}

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from aioquic.quic.events import DatagramFrameReceived
-from aioquic.tls import Epoch
+from aioquic.tls import CipherSuite, Epoch
 from nova_quic import datapath as compiled
 from nova_quic.endpoint import CID_LENGTH, ETHERNET, PIECE_HEADER, VNET, _Connection
 from nova_quic.packets import Protection
@@ -165,6 +165,32 @@ def test_aioquic_opens_what_the_thread_seals_and_the_thread_what_python_seals(
             client.host_cid, 7, b"\x30\x01" + _frame(A_MAC, B_MAC, b"y" * 100))
         capture.sendto(sealed, a.addr)
         assert a.frames() == [_frame(A_MAC, B_MAC, b"y" * 100)]
+    capture.close()
+
+
+@pytest.mark.parametrize("suite", [CipherSuite.AES_128_GCM_SHA256, CipherSuite.AES_256_GCM_SHA384,
+                                   CipherSuite.CHACHA20_POLY1305_SHA256], ids=lambda s: s.name)
+def test_every_tls_13_cipher_suite_seals_what_aioquic_opens(tmp_path: Path,
+                                                           suite: CipherSuite) -> None:
+    """Each suite a peer may pick (AES-GCM with AES header protection, ChaCha20-Poly1305
+    with ChaCha20 header protection): the peer's aioquic opens what the thread seals,
+    and the thread opens what the Python fast path seals."""
+    client, server = connected(tmp_path, suite)
+    assert client._cryptos[Epoch.ONE_RTT].send.cipher_suite == suite
+    capture = _capture()
+    with sides(1) as (a,):
+        a.attach(client, capture.getsockname())
+        for size in (60, 1300):
+            frame = _frame(B_MAC, A_MAC, os.urandom(size))
+            a.tap.send(frame)
+            server.receive_datagram(capture.recvfrom(65536)[0], a.addr, now=time.monotonic())
+            events = [e for e in iter(server.next_event, None)
+                      if isinstance(e, DatagramFrameReceived)]
+            assert [e.data for e in events] == [b"\x01" + frame]
+        sender = Protection(server._cryptos[Epoch.ONE_RTT], CID_LENGTH)
+        reply = _frame(A_MAC, B_MAC, os.urandom(200))
+        capture.sendto(sender.seal(client.host_cid, 9, b"\x30\x01" + reply), a.addr)
+        assert a.frames() == [reply]
     capture.close()
 
 
