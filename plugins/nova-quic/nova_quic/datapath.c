@@ -643,8 +643,9 @@ static void *run(void *arg) {
             for (int round = 0; round < BATCH; round++) {
                 if (fd == dp->tap) {
                     ssize_t got = read(dp->tap, dp->in, sizeof dp->in);
-                    if (got < 0) {
-                        if (errno == EAGAIN || errno == EINTR) break;
+                    if (got <= 0) {
+                        if (got < 0 && (errno == EAGAIN || errno == EINTR)) break;
+                        if (got == 0) errno = EPIPE;  /* no TAP ends; its stand-in in tests */
                         fail(dp, "read from the TAP");
                         close(ep);
                         return NULL;

@@ -2,8 +2,8 @@
 aioquic connections that completed a mutual-TLS handshake with the overlay's
 certificates, and UDP sockets on loopback.
 
-The TAP of each side is a datagram socket pair: the thread reads and writes one frame
-per call on it exactly as on a TAP (test_overlay.py runs the real TAPs, bridges and
+The TAP of each side is a SOCK_SEQPACKET socket pair: the thread reads and writes one
+frame per call on it exactly as on a TAP (test_overlay.py runs the real TAPs, bridges and
 capsules end to end); the pair lets a test write a frame in and read what came out.
 """
 
@@ -38,7 +38,7 @@ class Side:
     """One host's data path: its thread, its "TAP" (``tap`` is the test's end) and UDP."""
 
     def __init__(self, update_every: int = 1 << 22) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         theirs.setblocking(False)
         self.tap, self._tap_theirs = ours, theirs
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -380,3 +380,56 @@ def test_a_full_channel_drops_and_counts_and_frames_keep_crossing(tmp_path: Path
         sender.sendto(handshake, b.addr)
         assert b.messages(kinds=b"U") and b.dp.stats(-1)[4] == dropped
         sender.close()
+
+
+def test_an_ipv6_underlay(tmp_path: Path) -> None:
+    """Peers at IPv6 addresses: the thread sends to and reports sockaddr_in6 sources."""
+    client, server = connected(tmp_path)
+    udp = [socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) for _ in range(2)]
+    taps = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(2)]
+    paths = []
+    try:
+        for sock, (_ours, theirs) in zip(udp, taps, strict=True):
+            sock.bind(("::1", 0))
+            sock.setblocking(False)
+            theirs.setblocking(False)
+            paths.append(compiled.Datapath(theirs.fileno(), sock.fileno(), True, MAX_FRAME,
+                                           PIECE))
+            paths[-1].start()
+        addrs = [sock.getsockname()[:2] for sock in udp]
+        for dp, quic, to in ((paths[0], client, addrs[1]), (paths[1], server, addrs[0])):
+            pair, space = quic._cryptos[Epoch.ONE_RTT], quic._spaces[Epoch.ONE_RTT]
+            slot = dp.add_link(True, pair.send, pair.recv, quic._packet_number,
+                               space.largest_received_packet)
+            for cid in [c.cid for c in quic._host_cids]:
+                dp.cid(slot, cid)
+            dp.peer(slot, quic._peer_cid.cid, to)
+        frame = _frame(B_MAC, A_MAC, b"six" * 40)
+        taps[0][0].send(frame)
+        assert select.select([taps[1][0]], [], [], 2)[0] and taps[1][0].recv(65536) == frame
+        udp[0].sendto(b"\xc0" + bytes(1250), addrs[1])  # for aioquic: with its source
+        assert select.select([paths[1].channel], [], [], 2)[0]
+        message = next(m for m in iter(lambda: paths[1].channel.recv(65536), None)
+                       if m[:1] == b"U")
+        assert compiled.from_sockaddr(message[2:2 + message[1]]) == addrs[0]
+    finally:
+        for dp in paths:
+            dp.close()
+        for sock in udp:
+            sock.close()
+        for pair in taps:
+            for end in pair:
+                end.close()
+
+
+def test_a_tap_that_fails_stops_the_thread_and_says_why() -> None:
+    """The endpoint hears 'E' with the reason (and exits; its supervisor restarts it)."""
+    threads = _threads()
+    with sides(1) as (a,):
+        a.tap.close()  # the stand-in's end of the TAP goes: the thread reads end of file
+        [message] = a.messages(kinds=b"E")
+        assert message.startswith(b"Eread from the TAP: ") and b"pipe" in message.lower()
+        deadline = time.monotonic() + 2
+        while _threads() != threads:  # the thread returned by itself
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
