@@ -228,6 +228,7 @@ class QuicDriver(BridgeDriver):
                          "overlay_listen": status.get("listen"),
                          "overlay_tap": status.get("tap"), "overlay_mtu": status.get("mtu"),
                          "overlay_datapath": status.get("datapath"),
+                         "overlay_channel_drops": status.get("channel_drops"),
                          "peers": status.get("peers", []),
                          "refused": status.get("refused", [])})
         else:

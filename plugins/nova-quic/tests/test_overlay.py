@@ -101,6 +101,7 @@ def test_three_hosts_share_one_encrypted_network(tmp_path: Path, busybox: Path) 
             info = alpha.inspect("mesh")
             assert info["host"]["overlay_mtu"] == 1380
             assert info["host"]["overlay_datapath"] == "compiled"
+            assert info["host"]["overlay_channel_drops"] == 0
             # host i: gateway .i, instances from the i-th sixteenth of the subnet
             assert alpha.capsule_netns("mesh", "c0")[1] == "10.254.10.16"
             assert gamma.capsule_netns("mesh", "c2")[1] == "10.254.10.48"
