@@ -37,14 +37,15 @@ def _frame(dst: bytes, src: bytes, body: bytes, vnet: bytes = bytes(VNET)) -> by
 class Side:
     """One host's data path: its thread, its "TAP" (``tap`` is the test's end) and UDP."""
 
-    def __init__(self, update_every: int = 1 << 22) -> None:
+    def __init__(self, update_every: int = 1 << 22, address: str = "127.0.0.1") -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         theirs.setblocking(False)
         self.tap, self._tap_theirs = ours, theirs
-        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp.bind(("127.0.0.1", 0))
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        self.udp = socket.socket(family, socket.SOCK_DGRAM)
+        self.udp.bind((address, 0))
         self.udp.setblocking(False)
-        self.addr = self.udp.getsockname()
+        self.addr = self.udp.getsockname()[:2]
         self.dp = compiled.Datapath(theirs.fileno(), self.udp.fileno(), True, MAX_FRAME, PIECE,
                                     update_every=update_every)
         self.dp.start()
@@ -90,7 +91,7 @@ class Side:
 
 
 @contextmanager
-def sides(count: int = 2, **options: int) -> Iterator[list[Side]]:
+def sides(count: int = 2, **options: int | str) -> Iterator[list[Side]]:
     made: list[Side] = []
     try:
         for _ in range(count):
@@ -385,42 +386,15 @@ def test_a_full_channel_drops_and_counts_and_frames_keep_crossing(tmp_path: Path
 def test_an_ipv6_underlay(tmp_path: Path) -> None:
     """Peers at IPv6 addresses: the thread sends to and reports sockaddr_in6 sources."""
     client, server = connected(tmp_path)
-    udp = [socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) for _ in range(2)]
-    taps = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(2)]
-    paths = []
-    try:
-        for sock, (_ours, theirs) in zip(udp, taps, strict=True):
-            sock.bind(("::1", 0))
-            sock.setblocking(False)
-            theirs.setblocking(False)
-            paths.append(compiled.Datapath(theirs.fileno(), sock.fileno(), True, MAX_FRAME,
-                                           PIECE))
-            paths[-1].start()
-        addrs = [sock.getsockname()[:2] for sock in udp]
-        for dp, quic, to in ((paths[0], client, addrs[1]), (paths[1], server, addrs[0])):
-            pair, space = quic._cryptos[Epoch.ONE_RTT], quic._spaces[Epoch.ONE_RTT]
-            slot = dp.add_link(True, pair.send, pair.recv, quic._packet_number,
-                               space.largest_received_packet)
-            for cid in [c.cid for c in quic._host_cids]:
-                dp.cid(slot, cid)
-            dp.peer(slot, quic._peer_cid.cid, to)
+    with sides(2, address="::1") as (a, b):
+        a.attach(client, b.addr)
+        b.attach(server, a.addr)
         frame = _frame(B_MAC, A_MAC, b"six" * 40)
-        taps[0][0].send(frame)
-        assert select.select([taps[1][0]], [], [], 2)[0] and taps[1][0].recv(65536) == frame
-        udp[0].sendto(b"\xc0" + bytes(1250), addrs[1])  # for aioquic: with its source
-        message = b""
-        while message[:1] != b"U":  # (an 'A' for the frame may come first)
-            assert select.select([paths[1].channel], [], [], 2)[0], "nothing for aioquic"
-            message = paths[1].channel.recv(65536)
-        assert compiled.from_sockaddr(message[2:2 + message[1]]) == addrs[0]
-    finally:
-        for dp in paths:
-            dp.close()
-        for sock in udp:
-            sock.close()
-        for pair in taps:
-            for end in pair:
-                end.close()
+        a.tap.send(frame)
+        assert b.frames() == [frame]
+        a.udp.sendto(b"\xc0" + bytes(1250), b.addr)  # for aioquic: with its source
+        [message] = b.messages(kinds=b"U")
+        assert compiled.from_sockaddr(message[2:2 + message[1]]) == a.addr
 
 
 def test_a_tap_that_fails_stops_the_thread_and_says_why() -> None:
