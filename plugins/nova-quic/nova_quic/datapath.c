@@ -358,7 +358,8 @@ static void mac_learn(struct dp *dp, const uint8_t *mac, int slot) {
     dp->macs[i].slot = (uint8_t)slot;
 }
 
-/* Keep the entries that `keep` admits (open addressing: the table is built again). */
+/* Forget the MACs behind `forget_slot` and the MAC `forget_mac` (either may be -1 or
+ * NULL): open addressing, so the table is built again without them. */
 static void macs_rebuild(struct dp *dp, int forget_slot, const uint8_t *forget_mac) {
     static struct mac_entry old[MACS];
     memcpy(old, dp->macs, sizeof old);
@@ -536,15 +537,20 @@ static void to_tap(struct dp *dp, struct link *link, const uint8_t *message, siz
     if (write(dp->tap, message, len) < 0) link->drops++;
 }
 
+/* A datagram for the endpoint's aioquic, with its source address ('U'). */
+static void to_aioquic(struct dp *dp, const uint8_t *data, size_t len,
+                       const struct sockaddr_storage *from, socklen_t fromlen) {
+    uint8_t head[1 + sizeof(struct sockaddr_storage)];
+    head[0] = (uint8_t)fromlen;
+    memcpy(head + 1, from, fromlen);
+    to_python(dp, 'U', head, 1 + fromlen, data, len);
+}
+
 static void from_udp(struct dp *dp, const uint8_t *data, size_t len,
                      const struct sockaddr_storage *from, socklen_t fromlen, double now) {
     if (!len) return;
     if (data[0] & 0x80 || len <= 1 + CID) {
-        uint8_t l = (uint8_t)fromlen;
-        uint8_t head[1 + sizeof(struct sockaddr_storage)];
-        head[0] = l;
-        memcpy(head + 1, from, fromlen);
-        to_python(dp, 'U', head, 1 + fromlen, data, len);
+        to_aioquic(dp, data, len, from, fromlen);
         return;
     }
     pthread_mutex_lock(&dp->lock);
@@ -555,10 +561,7 @@ static void from_udp(struct dp *dp, const uint8_t *data, size_t len,
     ssize_t body = link && link->used ? open_packet(dp, link, data, len, &pn) : -1;
     if (body < 0) {
         pthread_mutex_unlock(&dp->lock);
-        uint8_t head[1 + sizeof(struct sockaddr_storage)];
-        head[0] = (uint8_t)fromlen;
-        memcpy(head + 1, from, fromlen);
-        to_python(dp, 'U', head, 1 + fromlen, data, len);
+        to_aioquic(dp, data, len, from, fromlen);
         return;
     }
     if (replayed(link, pn)) {
