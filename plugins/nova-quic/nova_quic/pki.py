@@ -210,7 +210,9 @@ class OverlayStore:
             index = free[0]
         key = ec.generate_private_key(ec.SECP256R1())
         now = utcnow()
-        until = not_after or now + datetime.timedelta(days=days)
+        # X.509 holds whole seconds: round down here so issued.json records the moment
+        # the certificate really ends (verify_peer refuses from then on)
+        until = (not_after or now + datetime.timedelta(days=days)).replace(microsecond=0)
         cert = (x509.CertificateBuilder()
                 .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)]))
                 .issuer_name(ca.subject).public_key(key.public_key())

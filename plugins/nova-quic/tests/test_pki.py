@@ -27,6 +27,13 @@ def test_issue_verify_expire_revoke(tmp_path: Path) -> None:
     assert verify_peer(_cert(good), me.ca, None) == "beta"
     assert ca.issue("mesh", "beta")["index"] == 2  # re-issuing keeps the host's share
 
+    ends = utcnow() + datetime.timedelta(hours=1, microseconds=1)
+    soon = ca.issue("mesh", "soon", not_after=ends)
+    # the certificate ends at the whole second before, and the index says the same
+    assert _cert(soon).not_valid_after_utc == ends.replace(microsecond=0) < ends
+    recorded = datetime.datetime.fromisoformat(ca.issued("mesh")["soon"]["not_after"])
+    assert recorded == _cert(soon).not_valid_after_utc
+
     expired = ca.issue("mesh", "old", not_after=utcnow() - datetime.timedelta(hours=1))
     with pytest.raises(PeerRefused, match="certificate of 'old' expired on"):
         verify_peer(_cert(expired), me.ca, None)
