@@ -263,7 +263,7 @@ class Endpoint:
         self.wanted_datapath = str(config.get("datapath")
                                    or os.environ.get("NOVA_QUIC_DATAPATH") or "compiled")
         self.datapath: compiled.Datapath | None = None
-        self.failure = ""  # the compiled data path's thread stopped on this error
+        self.failure = ""  # the data path (the thread in C, or on_tap) stopped on this
         self.gso = True  # until the kernel refuses UDP_SEGMENT
         self.vnet = False  # the TAP's frames carry virtio-net headers (offload)
         self.tap_fd = -1
@@ -342,6 +342,9 @@ class Endpoint:
                 data = os.read(self.tap_fd, 65536 + VNET)
             except BlockingIOError:  # epoll said readable; rare
                 break
+            except OSError as error:  # the TAP was deleted under us (EBADFD), or worse:
+                self._fail(f"reading TAP {self.config['tap']}: {error}")  # the supervisor
+                return  # restarts the endpoint with a new one
             self.local_macs.add(data[skip + 6:skip + 12])
             link = None if data[skip] & 1 else self.macs.get(data[skip:skip + 6])
             for target in (link,) if link is not None else tuple(peers.values()):
@@ -557,10 +560,7 @@ class Endpoint:
                                now, opened)
                 continue
             if kind == b"E":
-                self.failure = message[1:].decode(errors="replace")
-                LOG.error("%s: the compiled data path stopped: %s", self.network, self.failure)
-                assert self.loop is not None
-                self.loop.stop()
+                self._fail(message[1:].decode(errors="replace"))
                 return
             slot = message[1] if len(message) > 1 else -1
             link = slots.get(slot)
@@ -1236,6 +1236,14 @@ class Endpoint:
         return [x for x in found if isinstance(x, str)] if isinstance(found, list) else []
 
     # -- running ----------------------------------------------------------------------------
+    def _fail(self, reason: str) -> None:
+        """The data path cannot go on: stop the loop; :meth:`run` raises with ``reason``."""
+        self.failure = reason
+        LOG.error("%s: the %s data path stopped: %s", self.network,
+                  "compiled" if self.datapath is not None else "python", reason)
+        assert self.loop is not None
+        self.loop.stop()
+
     def run(self) -> None:
         """Serve until SIGTERM/SIGINT, then say bye to every peer and close."""
         self.loop = loop = Loop()
@@ -1254,7 +1262,7 @@ class Endpoint:
             self._periodic()
             loop.run()
             if self.failure:
-                raise OSError(f"the compiled data path stopped: {self.failure}")
+                raise OSError(f"the data path stopped: {self.failure}")
             self.shutdown()
         finally:
             if self.datapath is not None:

@@ -230,7 +230,8 @@ def test_hosts_with_and_without_the_compiled_data_path_interoperate(tmp_path: Pa
     where the library was not built): names, pings and TCP transfers both ways, with
     super-frames cut into pieces by one and put together by the other. Then beta's
     endpoint freezes: alpha's keepalives find the peer dead, and when it thaws both
-    sides connect again."""
+    sides connect again. Last, both TAPs are deleted: each data path stops with the
+    reason in the log, and the supervisors restart both endpoints."""
     with underlay("ovlm", 2, "198.18.83") as hosts:
         alpha = Site(hosts[0], tmp_path, busybox)
         beta = Site(hosts[1], tmp_path, busybox, env={"NOVA_QUIC_DATAPATH": "python"})
@@ -268,9 +269,37 @@ def test_hosts_with_and_without_the_compiled_data_path_interoperate(tmp_path: Pa
             assert int(beta.inspect("mesh")["host"]["overlay_endpoint_pid"]) == frozen
             done = beta.exec("c0", "ping -c1 -W3 c0.mixed0.nova")
             assert done.returncode == 0, done.stdout + done.stderr
+            logs = [Path(str(site.inspect("mesh")["host"]["overlay_log"])) for site in sites]
+            for log in logs:
+                assert " ERROR " not in log.read_text(), log.read_text()
+
+            # a TAP deleted under the endpoint (`ip link del`): the data path stops (the
+            # thread in C on alpha, on_tap on beta), the endpoint exits, and its supervisor
+            # starts it again with a new TAP on the bridge
+            old = []
             for site in sites:
-                log = Path(str(site.inspect("mesh")["host"]["overlay_log"])).read_text()
-                assert " ERROR " not in log, log
+                host = site.inspect("mesh")["host"]
+                old.append(int(host["overlay_endpoint_pid"]))
+                site.host.run("ip", "link", "del", str(host["overlay_tap"]), check=True)
+            for site, pid in zip(sites, old, strict=True):
+                deadline = time.monotonic() + 20
+                while site.inspect("mesh")["host"]["overlay_endpoint_pid"] in (pid, None):
+                    assert time.monotonic() < deadline, f"{site.host.name}: not restarted"
+                    time.sleep(0.2)
+            alpha.wait_connected("mesh", {"beta"}, timeout=30)
+            beta.wait_connected("mesh", {"alpha"}, timeout=30)
+            for site, datapath in zip(sites, ("compiled", "python"), strict=True):
+                assert site.inspect("mesh")["host"]["overlay_datapath"] == datapath
+            done = alpha.exec("c0", "ping -c1 -W3 c0.mixed1.nova")
+            assert done.returncode == 0, done.stdout + done.stderr
+            errors = [[line.split(" ERROR ", 1)[1] for line in log.read_text().splitlines()
+                       if " ERROR " in line] for log in logs]
+            assert errors[0][0] == "mesh: the compiled data path stopped: read from the TAP: " \
+                "File descriptor in bad state", errors
+            assert errors[1][0].startswith("mesh: the python data path stopped: reading TAP "), \
+                errors
+            assert errors[1][0].endswith("File descriptor in bad state"), errors
+            assert all(len(lines) == 2 for lines in errors), errors  # that, and the exit's
             _down(sites)
             _no_leftovers(sites)
         finally:
