@@ -454,6 +454,44 @@ def test_net_create_inspect_and_rm(nova, project_dir: Path) -> None:
     missing = nova("net", "rm", "scratch", check=False)
     assert missing.returncode == 1 and "no network scratch" in missing.stderr
     assert json.loads(nova("net", "ls", "--json").stdout) == []
+    small = nova("net", "create", "tiny", "--mtu", "300", check=False)
+    assert small.returncode == 2 and "--mtu" in small.stderr and "576" in small.stderr, \
+        small.stderr
+
+
+def test_net_create_takes_an_mtu_and_an_uplink_only_with_force(nova) -> None:
+    """An uplink with an address of the host's is refused by `nova net create` as by
+    `nova up`, leaving nothing; --force enslaves it; `nova net rm` releases it."""
+    subprocess.run(["ip", "link", "add", "nvtestnc0", "type", "veth", "peer", "name",
+                    "nvtestnc1"], check=True)
+    try:
+        subprocess.run(["ip", "addr", "add", "198.18.78.1/24", "dev", "nvtestnc0"], check=True)
+        refused = nova("net", "create", "lan", "--subnet", "10.252.41.0/24", "--mtu", "1400",
+                       "--interface", "nvtestnc0", check=False)
+        assert refused.returncode == 1, refused.stderr
+        assert "enslaving nvtestnc0 to the bridge would cut the host's connectivity: it has " \
+               "the host's address 198.18.78.1" in refused.stderr
+        assert "nova net create --force" in refused.stderr and "Traceback" not in refused.stderr
+        assert json.loads(nova("net", "ls", "--json").stdout) == []
+        assert not Path("/sys/class/net/nvtestnc0/master").exists()
+
+        nova("net", "create", "lan", "--subnet", "10.252.41.0/24", "--mtu", "1400",
+             "--interface", "nvtestnc0", "--force")
+        try:
+            info = json.loads(nova("net", "inspect", "lan", "--json").stdout)
+            assert (info["settings"]["mtu"], info["settings"]["interfaces"]) == \
+                (1400, ["nvtestnc0"])
+            bridge = info["host"]["bridge"]
+            assert Path("/sys/class/net/nvtestnc0/master").resolve().name == bridge
+            # the uplink is at 1500: the bridge keeps the network's MTU all the same
+            assert Path("/sys/class/net/nvtestnc0/mtu").read_text().strip() == "1500"
+            assert Path(f"/sys/class/net/{bridge}/mtu").read_text().strip() == "1400"
+        finally:
+            nova("net", "rm", "lan", check=False)
+        assert not Path("/sys/class/net/nvtestnc0/master").exists()  # released, not deleted
+        assert Path("/sys/class/net/nvtestnc0").exists()
+    finally:
+        subprocess.run(["ip", "link", "del", "nvtestnc0"], check=False)
 
 
 def test_a_vm_and_a_capsule_share_a_network(nova, project_dir: Path, tmp_path: Path) -> None:

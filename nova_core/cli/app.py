@@ -447,16 +447,23 @@ def _option_value(text: str, as_list: bool) -> Any:
 @click.option("--subnet", default=None, help="CIDR, e.g. 10.1.2.0/24 (default: a free /24).")
 @click.option("--gateway", default=None, help="The bridge's address (default: the first).")
 @click.option("--dns/--no-dns", default=False, help="Instances resolve each other by name.")
+@click.option("--mtu", type=int, default=None, help="The network's MTU (default: the driver's).")
+@click.option("--interface", "interfaces", multiple=True, metavar="LINK",
+              help="An uplink to enslave to the bridge (repeat for more), e.g. enp6s0.")
 @click.option("--type", "net_type", default="bridge", show_default=True,
               type=click.Choice(["bridge", "overlay"]))
 @click.option("--driver", "driver_name", default=None, help="Network driver (default: by type).")
 @click.option("-o", "--opt", "opts", multiple=True, metavar="KEY=VALUE",
               help="A driver option, e.g. -o nat=false, -o isolated=true, -o vni=42.")
+@click.option("--force", is_flag=True,
+              help="Go ahead where the driver refuses for safety (e.g. enslaving the host's uplink).")
 @pass_app
 def net_create(app: App, name: str, project: str | None, subnet: str | None,
-               gateway: str | None, dns: bool, net_type: str, driver_name: str | None,
-               opts: tuple[str, ...]) -> None:
+               gateway: str | None, dns: bool, mtu: int | None, interfaces: tuple[str, ...],
+               net_type: str, driver_name: str | None, opts: tuple[str, ...],
+               force: bool) -> None:
     """Create a network outside of `nova up`."""
+    app.force = force
     from pydantic import ValidationError
 
     from nova_core.drivers.models import DriverKind, NetworkSpec, ResourceKind, ResourceRef
@@ -467,9 +474,12 @@ def net_create(app: App, name: str, project: str | None, subnet: str | None,
     if not is_valid_name(name):
         raise click.BadParameter(f"'{name}' is not a network name ({NAME_RULE})", param_hint="NAME")
     try:
-        entry = NetworkEntry(type=net_type, subnet=subnet, gateway=gateway, dns=dns)
+        entry = NetworkEntry(type=net_type, subnet=subnet, gateway=gateway, dns=dns, mtu=mtu,
+                             interfaces=list(interfaces))
     except ValidationError as error:
-        raise click.BadParameter(error.errors()[0]["msg"]) from error
+        problem = error.errors()[0]
+        raise click.BadParameter(problem["msg"], param_hint=f"--{problem['loc'][0]}" if
+                                 problem["loc"] else None) from error
     driver_name = driver_name or default_driver("network", {"type": net_type})
     model = app.registry.driver_class(DriverKind.NETWORK, driver_name).options_model
     options: dict[str, Any] = {}
@@ -489,7 +499,8 @@ def net_create(app: App, name: str, project: str | None, subnet: str | None,
     project = project or "default"  # not a NovaFile's project: its `nova up` would remove it
     spec = NetworkSpec(ref=ResourceRef(project=project, kind=ResourceKind.NETWORK, name=name),
                        driver=driver_name, base_dir=Path.cwd(), options=driver_options,
-                       type=entry.type, subnet=entry.subnet, gateway=entry.gateway, dns=entry.dns)
+                       type=entry.type, subnet=entry.subnet, gateway=entry.gateway, dns=entry.dns,
+                       mtu=entry.mtu, interfaces=entry.interfaces)
     with app.lock(project):
         existing = app.engine.store.resource(project, "network", name)
         if existing is not None and existing.state not in ("creating", "failed"):

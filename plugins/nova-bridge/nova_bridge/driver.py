@@ -184,6 +184,8 @@ class BridgeDriver(NetworkDriver):
             knob.write_text("1\n")
         for uplink in record.interfaces:
             links.enslave(uplink, record.bridge)
+        if record.mtu and record.interfaces:
+            links.keep_mtu(record.bridge, record.mtu)
 
     def _check_uplinks(self, links: Links, spec: NetworkSpec) -> None:
         for uplink in spec.interfaces:
@@ -196,7 +198,8 @@ class BridgeDriver(NetworkDriver):
                     f"network {spec.ref.name}: enslaving {uplink} to the bridge would cut the "
                     f"host's connectivity: {problem}",
                     hint="move the host's address and default route to the bridge yourself, "
-                         "or run nova up --force if you are on the console")
+                         "or add --force (nova up --force, nova net create --force) if you are "
+                         "on the console")
 
     # -- contract ------------------------------------------------------------------------
     def render(self, spec: NetworkSpec) -> list[RenderedDetail]:  # type: ignore[override]

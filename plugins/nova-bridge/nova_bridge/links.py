@@ -239,6 +239,17 @@ class Links:
         except NetlinkError as error:
             raise _fail(f"adding {name} to {bridge}", error) from error
 
+    def keep_mtu(self, bridge: str, mtu: int) -> None:
+        """Give the bridge ``mtu`` again if a port changed it. A bridge follows the
+        smallest MTU of its ports (an uplink at 1500 under a bridge made with 1400 takes
+        it to 1500) until its MTU is set on the running bridge: then it keeps that."""
+        index = _index(bridge)
+        try:
+            if index is not None and self.ipr.get_links(index)[0].get("mtu") != mtu:
+                self.ipr.link("set", index=index, mtu=mtu)
+        except NetlinkError as error:
+            raise _fail(f"setting the MTU of {bridge} to {mtu}", error) from error
+
     def release(self, name: str) -> None:
         """Take an uplink out of its bridge; fine if it is gone."""
         index = _index(name)
