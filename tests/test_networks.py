@@ -497,12 +497,16 @@ def test_net_create_takes_an_mtu_and_an_uplink_only_with_force(nova) -> None:
 def test_a_vm_and_a_capsule_share_a_network(nova, project_dir: Path, tmp_path: Path) -> None:
     """A real guest under TCG (Debian's cloud kernel, busybox initramfs with virtio-net)
     gets its reserved address by DHCP from the network's dnsmasq, and a capsule reaches
-    it by name."""
+    it by name. The guest serves HTTP on port 80, published on the host: it answers on
+    the host's addresses, on localhost, and from another host, until the VM stops."""
     import re
 
-    from nova_qemu.testing import busybox_initramfs, guest_kernel
+    from nova_qemu.testing import INIT, busybox_initramfs, guest_kernel
 
-    initrd = busybox_initramfs(tmp_path / "initrd.gz")
+    serve = ("/bin/busybox mkdir -p /www; echo hello-from-guest > /www/index.html\n"
+             "/bin/busybox httpd -p 80 -h /www\n")
+    assert INIT.count("\ni=0\n") == 1
+    initrd = busybox_initramfs(tmp_path / "initrd.gz", INIT.replace("\ni=0\n", f"\n{serve}i=0\n"))
     write_novafile(project_dir, f"""
         project = "mixed"
 
@@ -517,6 +521,7 @@ def test_a_vm_and_a_capsule_share_a_network(nova, project_dir: Path, tmp_path: P
         memory = "128Mi"
         accel = "tcg"
         network = "lan"
+        ports = ["18483:80", "127.0.0.1:18484:80"]
         stop_timeout = 1
 
         [container.peer]
@@ -540,3 +545,26 @@ def test_a_vm_and_a_capsule_share_a_network(nova, project_dir: Path, tmp_path: P
     assert lease == reserved["vm.guest"]["ip"]  # the address IPAM reserved for its MAC
     pinged = in_capsule(nova, "peer", "ping -c1 -W3 guest && ping -c1 -W3 guest.mixed.nova")
     assert pinged.returncode == 0, pinged.stdout + pinged.stderr
+
+    def get(port: int, address: str = "127.0.0.1") -> str:
+        with socket.create_connection((address, port), timeout=5) as conn:
+            conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            reply = b""
+            while chunk := conn.recv(4096):
+                reply += chunk
+        return reply.decode(errors="replace")
+
+    assert get(18483).endswith("\r\n\r\nhello-from-guest\n")
+    assert get(18484).endswith("\r\n\r\nhello-from-guest\n")
+    outside = make_outside_host("nvtest-vmfar", "198.18.23")
+    try:
+        done = outside.run("busybox", "wget", "-qO-", f"http://{outside.host_address}:18483/")
+        assert done.stdout == "hello-from-guest\n", done.stderr
+        done = outside.run("busybox", "wget", "-qO-", "-T", "3",
+                           f"http://{outside.host_address}:18484/")
+        assert done.returncode != 0  # published on 127.0.0.1 only
+    finally:
+        outside.remove()
+    nova("stop", "vm", "guest")
+    with pytest.raises(OSError):
+        get(18483)  # withdrawn when the VM stops
