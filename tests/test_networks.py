@@ -497,8 +497,10 @@ def test_net_create_takes_an_mtu_and_an_uplink_only_with_force(nova) -> None:
 def test_a_vm_and_a_capsule_share_a_network(nova, project_dir: Path, tmp_path: Path) -> None:
     """A real guest under TCG (Debian's cloud kernel, busybox initramfs with virtio-net)
     gets its reserved address by DHCP from the network's dnsmasq, and a capsule reaches
-    it by name. The guest serves HTTP on port 80, published on the host: it answers on
-    the host's addresses, on localhost, and from another host, until the VM stops."""
+    it by name; on the network's IPv6 subnet it gets its reserved address by DHCPv6 (ISC
+    dhclient in the initramfs) and the capsule reaches that too. The guest serves HTTP on
+    port 80, published on the host: it answers on the host's addresses, on localhost, and
+    from another host, until the VM stops."""
     import re
 
     from nova_qemu.testing import INIT, busybox_initramfs, guest_kernel
@@ -506,12 +508,14 @@ def test_a_vm_and_a_capsule_share_a_network(nova, project_dir: Path, tmp_path: P
     serve = ("/bin/busybox mkdir -p /www; echo hello-from-guest > /www/index.html\n"
              "/bin/busybox httpd -p 80 -h /www\n")
     assert INIT.count("\ni=0\n") == 1
-    initrd = busybox_initramfs(tmp_path / "initrd.gz", INIT.replace("\ni=0\n", f"\n{serve}i=0\n"))
+    initrd = busybox_initramfs(tmp_path / "initrd.gz", INIT.replace("\ni=0\n", f"\n{serve}i=0\n"),
+                               dhcp6=True)
     write_novafile(project_dir, f"""
         project = "mixed"
 
         [network.lan]
         subnet = "10.252.50.0/24"
+        subnet6 = "fd00:252:50::/64"
         dns = true
 
         [vm.guest]
@@ -535,15 +539,19 @@ def test_a_vm_and_a_capsule_share_a_network(nova, project_dir: Path, tmp_path: P
                 json.loads(nova("net", "inspect", "lan", "--json").stdout)["attached"]}
     assert reserved["vm.guest"]["endpoint"] == "tap"
     deadline = time.monotonic() + 90
-    lease = None
-    while time.monotonic() < deadline and lease is None:
+    lease = lease6 = None
+    while time.monotonic() < deadline and lease6 is None:
         serial = nova("logs", "vm", "guest").stdout
         found = re.search(r"NOVA-LEASE (\S+)", serial)
         lease = found.group(1) if found else None
-        assert "NOVA-NO-LEASE" not in serial
+        found = re.search(r"NOVA-LEASE6 (\S+)", serial)
+        lease6 = found.group(1) if found else None
+        assert "NOVA-NO-LEASE" not in serial, serial  # nor NOVA-NO-LEASE6
         time.sleep(0.5)
-    assert lease == reserved["vm.guest"]["ip"]  # the address IPAM reserved for its MAC
-    pinged = in_capsule(nova, "peer", "ping -c1 -W3 guest && ping -c1 -W3 guest.mixed.nova")
+    # the addresses IPAM reserved for its MAC, by DHCP and by DHCPv6
+    assert (lease, lease6) == (reserved["vm.guest"]["ip"], reserved["vm.guest"]["ip6"])
+    pinged = in_capsule(nova, "peer", "ping -c1 -W3 guest && ping -c1 -W3 guest.mixed.nova"
+                                      f" && ping -c1 -W3 {lease6}")
     assert pinged.returncode == 0, pinged.stdout + pinged.stderr
 
     def get(port: int, address: str = "127.0.0.1") -> str:

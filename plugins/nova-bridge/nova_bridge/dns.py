@@ -73,6 +73,16 @@ class DnsService:
                       f"dhcp-option=option:router,{record.gateway}"]
             if record.dns:
                 lines.append(f"dhcp-option=option:dns-server,{record.gateway}")
+        if record.subnet6:
+            # DHCPv6 hands a VM the address IPAM reserved for its MAC (DUID-LL/LLT, or
+            # the neighbour table); router advertisements say to ask (the M flag), make
+            # the prefix on-link and the bridge the router. No SLAAC: its addresses
+            # would not be the ones in DNS.
+            network6 = ipaddress.ip_network(record.subnet6)
+            lines += [f"dhcp-range={network6.network_address},static,{network6.prefixlen},12h",
+                      "enable-ra"]
+            if record.dns:
+                lines.append(f"dhcp-option=option6:dns-server,[{record.gateway6}]")
         return "\n".join(lines) + "\n"
 
     def _write(self, path: Path, text: str) -> None:
@@ -96,8 +106,10 @@ class DnsService:
         names = f"{lease.name} {lease.name}.{record.domain}"
         lines = [f"{address} {names}" for address in (lease.ip, lease.ip6) if address]
         self._write(self.hosts / lease.instance, "\n".join(lines) + "\n")
-        if lease.endpoint == "tap" and lease.ip:
-            self._write(self.dhcp / lease.instance, f"{lease.mac},{lease.ip},{lease.name}\n")
+        if lease.endpoint == "tap" and (lease.ip or lease.ip6):
+            addresses = [a for a in (lease.ip, f"[{lease.ip6}]" if lease.ip6 else None) if a]
+            self._write(self.dhcp / lease.instance,
+                        ",".join([lease.mac, *addresses, lease.name]) + "\n")
 
     def remove(self, instance: str) -> None:
         """Withdraw an instance's name; dnsmasq reloads (SIGHUP), it does not restart."""

@@ -113,7 +113,8 @@ def input_rules(record: NetworkRecord) -> Rules:
                           f"{label}: its gateway is only for its own bridge"))
     if record.isolated:
         inside = _match(_meta("iifname"), bridge)
-        rules += [([inside, _match(_payload("udp", "dport"), {"set": [53, 67]}), {"accept": None}],
+        rules += [([inside, _match(_payload("udp", "dport"), {"set": [53, 67, 547]}),
+                    {"accept": None}],
                    f"{label}: isolated, DNS and DHCP only"),
                   ([inside, _match(_payload("tcp", "dport"), 53), {"accept": None}],
                    f"{label}: isolated, DNS over TCP"),

@@ -37,6 +37,13 @@ if [ -d /sys/class/net/eth0 ]; then
     /bin/busybox ip link set lo up
     /bin/busybox ip link set eth0 up
     /bin/busybox udhcpc -i eth0 -n -q -t 20 -T 1 -s /bin/lease || echo "NOVA-NO-LEASE"
+    if [ -x /sbin/dhclient ]; then  # DHCPv6 once eth0's link-local address passed DAD
+        n=0  # (in /proc/net/if_inet6: scope 20 link, flags 80 permanent and not tentative)
+        until /bin/busybox grep -qE '^fe80[0-9a-f]+ [0-9a-f]+ 40 20 80 +eth0$' /proc/net/if_inet6
+        do n=$((n+1)); [ $n -gt 200 ] && break; /bin/busybox sleep 0.1; done
+        /sbin/dhclient -6 -1 -v -cf /dev/null -lf /tmp/leases6 -pf /tmp/dhclient6.pid \
+            -sf /bin/lease6 eth0 || echo "NOVA-NO-LEASE6"
+    fi
 fi
 i=0
 while true; do i=$((i+1)); echo "tick $i"; /bin/busybox sleep 0.5; done
@@ -47,6 +54,14 @@ if [ "$1" = bound ]; then
     [ -n "$router" ] && /bin/busybox ip route add default via $router
     echo "NOVA-LEASE $ip"
 fi
+"""
+
+LEASE6_SCRIPT = """#!/bin/busybox sh
+case "$reason" in BOUND6|REBOOT6)
+    /bin/busybox ip -6 addr add $new_ip6_address/128 dev $interface
+    echo "NOVA-LEASE6 $new_ip6_address";;
+esac
+exit 0
 """
 
 
@@ -67,17 +82,41 @@ def _cpio_entry(name: str, mode: int, data: bytes = b"", ino: int = 1) -> bytes:
     return body + b"\0" * (-len(body) % 4)
 
 
-def busybox_initramfs(target: Path, init: str = INIT) -> Path:
-    """Write a gzip'd newc cpio: busybox-static, ``init`` at /init, the virtio-net modules."""
+def _with_libraries(program: str) -> list[str]:
+    """``program`` and the shared libraries it loads (ldd's absolute paths)."""
+    import subprocess
+
+    listed = subprocess.run(["ldd", program], capture_output=True, text=True, check=True).stdout
+    return [program, *(word for line in listed.splitlines() for word in line.split()
+                       if word.startswith("/"))]
+
+
+def busybox_initramfs(target: Path, init: str = INIT, dhcp6: bool = False) -> Path:
+    """Write a gzip'd newc cpio: busybox-static, ``init`` at /init, the virtio-net modules.
+
+    With ``dhcp6`` it also holds the host's ISC dhclient (isc-dhcp-client) and its
+    libraries: busybox has no DHCPv6 client, and INIT then asks for an IPv6 lease too.
+    """
     busybox = Path("/bin/busybox").read_bytes()
     archive = io.BytesIO()
     entries = [("bin", stat.S_IFDIR | 0o755, b""), ("proc", stat.S_IFDIR | 0o755, b""),
                ("sys", stat.S_IFDIR | 0o755, b""), ("dev", stat.S_IFDIR | 0o755, b""),
-               ("lib", stat.S_IFDIR | 0o755, b""),
+               ("lib", stat.S_IFDIR | 0o755, b""), ("tmp", stat.S_IFDIR | 0o1777, b""),
                ("bin/busybox", stat.S_IFREG | 0o755, busybox),
                ("bin/sh", stat.S_IFLNK | 0o777, b"busybox"),
                ("bin/lease", stat.S_IFREG | 0o755, LEASE_SCRIPT.encode()),
                ("init", stat.S_IFREG | 0o755, init.encode())]
+    if dhcp6:
+        entries.append(("bin/lease6", stat.S_IFREG | 0o755, LEASE6_SCRIPT.encode()))
+        folders = {"bin", "lib"}
+        for path in _with_libraries("/sbin/dhclient"):
+            parts = Path(path).relative_to("/").parts
+            for depth in range(1, len(parts)):
+                folder = "/".join(parts[:depth])
+                if folder not in folders:
+                    folders.add(folder)
+                    entries.append((folder, stat.S_IFDIR | 0o755, b""))
+            entries.append(("/".join(parts), stat.S_IFREG | 0o755, Path(path).read_bytes()))
     for module in MODULES:  # from the setup hook; without them the guest has no network
         path = GUEST_CACHE / "modules" / f"{module}.ko"
         if path.is_file():
