@@ -494,6 +494,23 @@ def test_net_create_takes_an_mtu_and_an_uplink_only_with_force(nova) -> None:
         subprocess.run(["ip", "link", "del", "nvtestnc0"], check=False)
 
 
+def _guest_leases(nova, vm: str) -> tuple[str | None, str | None]:  # noqa: ANN001
+    """The IPv4 and IPv6 addresses the test guest says it leased (its serial console)."""
+    import re
+
+    deadline = time.monotonic() + 90
+    lease = lease6 = None
+    while time.monotonic() < deadline and lease6 is None:
+        serial = nova("logs", "vm", vm).stdout
+        found = re.search(r"NOVA-LEASE (\S+)", serial)
+        lease = found.group(1) if found else None
+        found = re.search(r"NOVA-LEASE6 (\S+)", serial)
+        lease6 = found.group(1) if found else None
+        assert "NOVA-NO-LEASE" not in serial, serial  # nor NOVA-NO-LEASE6
+        time.sleep(0.5)
+    return lease, lease6
+
+
 def test_a_vm_and_a_capsule_share_a_network(nova, project_dir: Path, tmp_path: Path) -> None:
     """A real guest under TCG (Debian's cloud kernel, busybox initramfs with virtio-net)
     gets its reserved address by DHCP from the network's dnsmasq, and a capsule reaches
@@ -501,8 +518,6 @@ def test_a_vm_and_a_capsule_share_a_network(nova, project_dir: Path, tmp_path: P
     dhclient in the initramfs) and the capsule reaches that too. The guest serves HTTP on
     port 80, published on the host: it answers on the host's addresses, on localhost, and
     from another host, until the VM stops."""
-    import re
-
     from nova_qemu.testing import INIT, busybox_initramfs, guest_kernel
 
     serve = ("/bin/busybox mkdir -p /www; echo hello-from-guest > /www/index.html\n"
@@ -538,16 +553,7 @@ def test_a_vm_and_a_capsule_share_a_network(nova, project_dir: Path, tmp_path: P
     reserved = {a["instance"]: a for a in
                 json.loads(nova("net", "inspect", "lan", "--json").stdout)["attached"]}
     assert reserved["vm.guest"]["endpoint"] == "tap"
-    deadline = time.monotonic() + 90
-    lease = lease6 = None
-    while time.monotonic() < deadline and lease6 is None:
-        serial = nova("logs", "vm", "guest").stdout
-        found = re.search(r"NOVA-LEASE (\S+)", serial)
-        lease = found.group(1) if found else None
-        found = re.search(r"NOVA-LEASE6 (\S+)", serial)
-        lease6 = found.group(1) if found else None
-        assert "NOVA-NO-LEASE" not in serial, serial  # nor NOVA-NO-LEASE6
-        time.sleep(0.5)
+    lease, lease6 = _guest_leases(nova, "guest")
     # the addresses IPAM reserved for its MAC, by DHCP and by DHCPv6
     assert (lease, lease6) == (reserved["vm.guest"]["ip"], reserved["vm.guest"]["ip6"])
     pinged = in_capsule(nova, "peer", "ping -c1 -W3 guest && ping -c1 -W3 guest.mixed.nova"
@@ -576,3 +582,57 @@ def test_a_vm_and_a_capsule_share_a_network(nova, project_dir: Path, tmp_path: P
     nova("stop", "vm", "guest")
     with pytest.raises(OSError):
         get(18483)  # withdrawn when the VM stops
+
+
+def test_a_libvirt_domain_gets_its_leases_on_a_nova_bridge(nova, project_dir: Path,
+                                                            tmp_path: Path) -> None:
+    """The same guest as a libvirt domain (a private libvirtd, see PrivateLibvirtd): its
+    interface is Nova's tap (type ethernet, managed no); it gets its reserved addresses by
+    DHCP and DHCPv6, and a capsule on the network reaches it by name."""
+    from nova_qemu.testing import PrivateLibvirtd, busybox_initramfs, guest_kernel
+
+    initrd = busybox_initramfs(tmp_path / "initrd.gz", dhcp6=True)
+    daemon = PrivateLibvirtd(tmp_path / "libvirt").start()
+    try:
+        write_novafile(project_dir, f"""
+            project = "lvnet"
+
+            [network.lan]
+            subnet = "10.252.51.0/24"
+            subnet6 = "fd00:252:51::/64"
+            dns = true
+
+            [vm.guest]
+            driver = "libvirt"
+            uri = "{daemon.uri}"
+            kernel = "{guest_kernel()}"
+            initrd = "{initrd}"
+            cmdline = "console=ttyS0 panic=-1 quiet"
+            memory = "128Mi"
+            accel = "tcg"
+            network = "lan"
+            stop_timeout = 1
+
+            [container.peer]
+            capsule = "local/busybox:latest"
+            network = "lan"
+            command = ["sh", "-c", "{LOOP}"]
+            stop_timeout = 2
+            """)
+        nova("up")
+        reserved = {a["instance"]: a for a in
+                    json.loads(nova("net", "inspect", "lan", "--json").stdout)["attached"]}
+        domain = subprocess.run(["virsh", "-c", daemon.uri, "domiflist", "lvnet.guest"],
+                                capture_output=True, text=True, check=True).stdout
+        assert reserved["vm.guest"]["tap"] in domain and reserved["vm.guest"]["mac"] in domain
+        lease, lease6 = _guest_leases(nova, "guest")
+        assert (lease, lease6) == (reserved["vm.guest"]["ip"], reserved["vm.guest"]["ip6"])
+        pinged = in_capsule(nova, "peer", "ping -c1 -W3 guest && ping -c1 -W3 guest.lvnet.nova"
+                                          f" && ping -c1 -W3 {lease6}")
+        assert pinged.returncode == 0, pinged.stdout + pinged.stderr
+        nova("down")
+        assert subprocess.run(["virsh", "-c", daemon.uri, "list", "--all", "--name"],
+                              capture_output=True, text=True, check=True).stdout.strip() == ""
+    finally:
+        nova("down", check=False)
+        daemon.stop()
