@@ -511,26 +511,22 @@ def _guest_leases(nova, vm: str) -> tuple[str | None, str | None]:  # noqa: ANN0
     return lease, lease6
 
 
-def test_a_vm_and_a_capsule_share_a_network(nova, project_dir: Path, tmp_path: Path) -> None:
-    """A real guest under TCG (Debian's cloud kernel, busybox initramfs with virtio-net)
-    gets its reserved address by DHCP from the network's dnsmasq, and a capsule reaches
-    it by name; on the network's IPv6 subnet it gets its reserved address by DHCPv6 (ISC
-    dhclient in the initramfs) and the capsule reaches that too. The guest serves HTTP on
-    port 80, published on the host: it answers on the host's addresses, on localhost, and
-    from another host, until the VM stops."""
-    from nova_qemu.testing import INIT, busybox_initramfs, guest_kernel
+def _guest_beside_a_capsule(nova, project_dir: Path, project: str, third: int,  # noqa: ANN001
+                            initrd: Path, vm_keys: list[str]) -> dict[str, str]:
+    """Bring up a dual-stack network ``lan`` (10.252.THIRD.0/24, fd00:252:THIRD::/64,
+    DNS), the test guest as ``vm.guest`` (plus ``vm_keys``, TOML lines) and a capsule
+    ``peer``. The guest must lease, by DHCP and DHCPv6, the addresses IPAM reserved for its
+    MAC, and the capsule must reach it by both names and at its IPv6 address. Returns the
+    guest's attachment as `nova net inspect` shows it."""
+    from nova_qemu.testing import guest_kernel
 
-    serve = ("/bin/busybox mkdir -p /www; echo hello-from-guest > /www/index.html\n"
-             "/bin/busybox httpd -p 80 -h /www\n")
-    assert INIT.count("\ni=0\n") == 1
-    initrd = busybox_initramfs(tmp_path / "initrd.gz", INIT.replace("\ni=0\n", f"\n{serve}i=0\n"),
-                               dhcp6=True)
+    extra = "".join(f"\n        {line}" for line in vm_keys)
     write_novafile(project_dir, f"""
-        project = "mixed"
+        project = "{project}"
 
         [network.lan]
-        subnet = "10.252.50.0/24"
-        subnet6 = "fd00:252:50::/64"
+        subnet = "10.252.{third}.0/24"
+        subnet6 = "fd00:252:{third}::/64"
         dns = true
 
         [vm.guest]
@@ -540,8 +536,7 @@ def test_a_vm_and_a_capsule_share_a_network(nova, project_dir: Path, tmp_path: P
         memory = "128Mi"
         accel = "tcg"
         network = "lan"
-        ports = ["18483:80", "127.0.0.1:18484:80"]
-        stop_timeout = 1
+        stop_timeout = 1{extra}
 
         [container.peer]
         capsule = "local/busybox:latest"
@@ -552,13 +547,32 @@ def test_a_vm_and_a_capsule_share_a_network(nova, project_dir: Path, tmp_path: P
     nova("up")
     reserved = {a["instance"]: a for a in
                 json.loads(nova("net", "inspect", "lan", "--json").stdout)["attached"]}
-    assert reserved["vm.guest"]["endpoint"] == "tap"
+    guest = reserved["vm.guest"]
+    assert guest["endpoint"] == "tap"
     lease, lease6 = _guest_leases(nova, "guest")
-    # the addresses IPAM reserved for its MAC, by DHCP and by DHCPv6
-    assert (lease, lease6) == (reserved["vm.guest"]["ip"], reserved["vm.guest"]["ip6"])
-    pinged = in_capsule(nova, "peer", "ping -c1 -W3 guest && ping -c1 -W3 guest.mixed.nova"
+    assert (lease, lease6) == (guest["ip"], guest["ip6"])
+    pinged = in_capsule(nova, "peer", f"ping -c1 -W3 guest && ping -c1 -W3 guest.{project}.nova"
                                       f" && ping -c1 -W3 {lease6}")
     assert pinged.returncode == 0, pinged.stdout + pinged.stderr
+    return guest
+
+
+def test_a_vm_and_a_capsule_share_a_network(nova, project_dir: Path, tmp_path: Path) -> None:
+    """A real guest under TCG (Debian's cloud kernel, busybox initramfs with virtio-net)
+    gets its reserved address by DHCP from the network's dnsmasq, and a capsule reaches
+    it by name; on the network's IPv6 subnet it gets its reserved address by DHCPv6 (ISC
+    dhclient in the initramfs) and the capsule reaches that too. The guest serves HTTP on
+    port 80, published on the host: it answers on the host's addresses, on localhost, and
+    from another host, until the VM stops."""
+    from nova_qemu.testing import INIT, busybox_initramfs
+
+    serve = ("/bin/busybox mkdir -p /www; echo hello-from-guest > /www/index.html\n"
+             "/bin/busybox httpd -p 80 -h /www\n")
+    assert INIT.count("\ni=0\n") == 1
+    initrd = busybox_initramfs(tmp_path / "initrd.gz", INIT.replace("\ni=0\n", f"\n{serve}i=0\n"),
+                               dhcp6=True)
+    _guest_beside_a_capsule(nova, project_dir, "mixed", 50, initrd,
+                            ['ports = ["18483:80", "127.0.0.1:18484:80"]'])
 
     def get(port: int, address: str = "127.0.0.1") -> str:
         with socket.create_connection((address, port), timeout=5) as conn:
@@ -589,47 +603,16 @@ def test_a_libvirt_domain_gets_its_leases_on_a_nova_bridge(nova, project_dir: Pa
     """The same guest as a libvirt domain (a private libvirtd, see PrivateLibvirtd): its
     interface is Nova's tap (type ethernet, managed no); it gets its reserved addresses by
     DHCP and DHCPv6, and a capsule on the network reaches it by name."""
-    from nova_qemu.testing import PrivateLibvirtd, busybox_initramfs, guest_kernel
+    from nova_qemu.testing import PrivateLibvirtd, busybox_initramfs
 
     initrd = busybox_initramfs(tmp_path / "initrd.gz", dhcp6=True)
     daemon = PrivateLibvirtd(tmp_path / "libvirt").start()
     try:
-        write_novafile(project_dir, f"""
-            project = "lvnet"
-
-            [network.lan]
-            subnet = "10.252.51.0/24"
-            subnet6 = "fd00:252:51::/64"
-            dns = true
-
-            [vm.guest]
-            driver = "libvirt"
-            uri = "{daemon.uri}"
-            kernel = "{guest_kernel()}"
-            initrd = "{initrd}"
-            cmdline = "console=ttyS0 panic=-1 quiet"
-            memory = "128Mi"
-            accel = "tcg"
-            network = "lan"
-            stop_timeout = 1
-
-            [container.peer]
-            capsule = "local/busybox:latest"
-            network = "lan"
-            command = ["sh", "-c", "{LOOP}"]
-            stop_timeout = 2
-            """)
-        nova("up")
-        reserved = {a["instance"]: a for a in
-                    json.loads(nova("net", "inspect", "lan", "--json").stdout)["attached"]}
+        guest = _guest_beside_a_capsule(nova, project_dir, "lvnet", 51, initrd,
+                                        ['driver = "libvirt"', f'uri = "{daemon.uri}"'])
         domain = subprocess.run(["virsh", "-c", daemon.uri, "domiflist", "lvnet.guest"],
                                 capture_output=True, text=True, check=True).stdout
-        assert reserved["vm.guest"]["tap"] in domain and reserved["vm.guest"]["mac"] in domain
-        lease, lease6 = _guest_leases(nova, "guest")
-        assert (lease, lease6) == (reserved["vm.guest"]["ip"], reserved["vm.guest"]["ip6"])
-        pinged = in_capsule(nova, "peer", "ping -c1 -W3 guest && ping -c1 -W3 guest.lvnet.nova"
-                                          f" && ping -c1 -W3 {lease6}")
-        assert pinged.returncode == 0, pinged.stdout + pinged.stderr
+        assert guest["tap"] in domain and guest["mac"] in domain
         nova("down")
         assert subprocess.run(["virsh", "-c", daemon.uri, "list", "--all", "--name"],
                               capture_output=True, text=True, check=True).stdout.strip() == ""
